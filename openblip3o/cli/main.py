@@ -1,0 +1,29 @@
+"""The `openblip3o` command: subcommands generated from typed function signatures (typer)."""
+
+from __future__ import annotations
+
+import typer
+
+from . import data, evaluate
+
+app = typer.Typer(
+    name="openblip3o",
+    help="Unified multimodal models the BLIP3-o way: understand images and generate them from text.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(evaluate.app, name="eval")
+
+
+@app.command()
+def version():
+    """Print the installed version."""
+    from .. import __version__
+
+    typer.echo(__version__)
+
+
+def main():
+    app()

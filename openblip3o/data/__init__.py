@@ -1,0 +1,1 @@
+"""Data: ShapesWorld and webdataset shards."""

@@ -1,0 +1,1 @@
+"""Evaluation: GenEval-layout scoring, VQA accuracy."""

@@ -1,0 +1,1 @@
+"""GenEval: official folder layout, decision rules, and the ShapesWorld detector."""

@@ -1,0 +1,1 @@
+"""Pipelines: text-to-image generation and image question answering."""

@@ -1,0 +1,1 @@
+"""The unified model: VLM backbone, learnable queries, diffusion transformer, target encoders, decoder."""

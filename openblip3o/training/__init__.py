@@ -1,0 +1,1 @@
+"""Training stages on accelerate: autoencoder, understanding, generation, instruct."""

@@ -1,0 +1,32 @@
+"""Contact sheets: images in a grid with a wrapped text label under each."""
+
+from __future__ import annotations
+
+import textwrap
+
+from PIL import Image, ImageDraw, ImageFont
+
+LABEL_LINE_HEIGHT = 12
+LABEL_PADDING = 4
+CHARS_PER_PIXEL = 1 / 6  # the default bitmap font is about 6 px per character
+
+
+def contact_sheet(images: list[Image.Image], labels: list[str] | None = None, columns: int = 4,
+                  tile: int = 192, label_lines: int = 4) -> Image.Image:
+    """A white sheet of `columns` tiles per row; images are scaled to `tile` px with nearest-neighbour."""
+    if not images:
+        raise ValueError("no images for the contact sheet")
+    labels = labels or [""] * len(images)
+    font = ImageFont.load_default()
+    label_height = LABEL_LINE_HEIGHT * label_lines if any(labels) else 0
+    cell_w, cell_h = tile + 2 * LABEL_PADDING, tile + label_height + 2 * LABEL_PADDING
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    width_chars = max(8, int(tile * CHARS_PER_PIXEL))
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x, y = (i % columns) * cell_w + LABEL_PADDING, (i // columns) * cell_h + LABEL_PADDING
+        sheet.paste(image.convert("RGB").resize((tile, tile), Image.NEAREST), (x, y))
+        for j, line in enumerate(textwrap.wrap(label, width_chars)[:label_lines]):
+            draw.text((x, y + tile + 2 + j * LABEL_LINE_HEIGHT), line, fill="black", font=font)
+    return sheet
