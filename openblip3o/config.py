@@ -1,0 +1,178 @@
+"""Typed configuration: one dataclass per component, a strict loader, and YAML overrides.
+
+Strict means an unknown key or a value of the wrong type is an error naming the key, never a silent default.
+Component sizes that follow from other components (the DiT's input channels, its cross-attention width) are
+derived in code, not repeated here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+@dataclass
+class BackboneConfig:
+    """The vision-language backbone (a `transformers` Qwen2.5-VL) and the learnable queries."""
+
+    pretrained_path: str | None = None  # a local Qwen2.5-VL directory; None = build from `text` / `vision`
+    text: dict = field(default_factory=dict)  # Qwen2_5_VLTextConfig keyword arguments
+    vision: dict = field(default_factory=dict)  # Qwen2_5_VLVisionConfig keyword arguments
+    tokenizer: str = "shapes"  # "shapes": the ShapesWorld word-level tokenizer; "pretrained": from pretrained_path
+    image_size: int = 64  # understanding input side in pixels (the processor resizes to it)
+    max_prompt_tokens: int = 128
+    num_queries: int = 64
+    projector: str = "linear"  # "linear" | "identity": maps query states to the condition
+    freeze: bool = True  # generation training keeps the backbone frozen (sequential recipe)
+
+
+@dataclass
+class GeneratorConfig:
+    """`diffusers.LuminaNextDiT2DModel` over the grid of target tokens."""
+
+    patch_size: int = 1
+    hidden_size: int = 192
+    num_layers: int = 6
+    num_attention_heads: int = 6
+    num_kv_heads: int = 6
+    multiple_of: int = 256
+    norm_eps: float = 1e-5
+
+
+@dataclass
+class ObjectiveConfig:
+    """How the generator is trained and sampled: flow matching, or one-step MSE regression."""
+
+    name: str = "flow_matching"  # "flow_matching" | "mse"
+    shift: float = 1.0  # sigma shift: sigma' = shift*sigma / (1 + (shift-1)*sigma)
+    condition_dropout: float = 0.1  # the condition is zeroed this often, for classifier-free guidance
+    num_train_timesteps: int = 1000  # the network sees sigma * num_train_timesteps
+    prediction: str = "velocity"  # "velocity" (eps - x0) | "sample" (x0, converted to a velocity for sampling)
+
+
+@dataclass
+class TargetConfig:
+    """What the generator produces: CLIP features pooled to a grid, or VAE latents."""
+
+    kind: str = "clip"  # "clip" | "vae"
+    encoder: str = "clip"  # "clip" (transformers CLIP) | "siglip" | "eva_clip" (timm) ; ignored for kind "vae"
+    pretrained_path: str | None = None  # local weights of the encoder; None = build from `model`
+    model: dict = field(default_factory=dict)  # encoder config keyword arguments (tiny CLIP at mini scale)
+    image_size: int = 64  # encoder input side
+    grid_size: int = 8  # features are average-pooled to grid_size x grid_size tokens
+
+
+@dataclass
+class DecoderConfig:
+    """Pixels from target tokens: a diffusion UNet in a VAE's latent space (kind "clip"), or the VAE alone."""
+
+    unet: dict = field(default_factory=dict)  # UNet2DConditionModel keyword arguments
+    vae: dict = field(default_factory=dict)  # AutoencoderKL keyword arguments
+    pretrained_path: str | None = None  # a local folder with unet/ and vae/ (full scale)
+    image_size: int = 64
+    spatial_conditioning: bool = True  # also feed the token grid, upsampled, as extra input channels
+    spatial_channels: int = 16
+    uncond: str = "zeros"  # "zeros" | "empty_prompt": the unconditional features for the decoder's own CFG
+    num_inference_steps: int = 50
+    guidance_scale: float = 3.0
+
+
+@dataclass
+class SamplingConfig:
+    num_inference_steps: int = 30
+    guidance_scale: float = 3.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mini"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self):
+        check_choice("objective.name", self.objective.name, ("flow_matching", "mse"))
+        check_choice("objective.prediction", self.objective.prediction, ("velocity", "sample"))
+        check_choice("target.kind", self.target.kind, ("clip", "vae"))
+        check_choice("target.encoder", self.target.encoder, ("clip", "siglip", "eva_clip"))
+        check_choice("backbone.projector", self.backbone.projector, ("linear", "identity"))
+        check_choice("backbone.tokenizer", self.backbone.tokenizer, ("shapes", "pretrained"))
+        check_choice("decoder.uncond", self.decoder.uncond, ("zeros", "empty_prompt"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _check_type(key: str, value, annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        return _check_type(key, value, next(a for a in options if a is not type(None)))
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, prefix=f"{key}.")
+    expected = origin or annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is tuple and isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {getattr(expected, '__name__', expected)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys: {', '.join(sorted(names))}")
+    values = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+    return cls(**values)
+
+
+def merge(config, overrides: dict, prefix: str = ""):
+    """A copy of dataclass `config` with `overrides` (nested dicts) applied strictly."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'overrides'}: expected a mapping")
+    current = dataclasses.asdict(config)
+    hints = typing.get_type_hints(type(config))
+    names = set(current)
+    for key, value in overrides.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {prefix}{key}; known keys: {', '.join(sorted(names))}")
+        if dataclasses.is_dataclass(getattr(config, key)) and isinstance(value, dict):
+            current[key] = dataclasses.asdict(merge(getattr(config, key), value, prefix=f"{prefix}{key}."))
+        else:
+            _check_type(prefix + key, value, hints[key])
+            current[key] = value
+    return from_dict(type(config), current, prefix=prefix)
+
+
+def load_yaml_overrides(config, path: str | Path):
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return merge(config, data)
