@@ -1,0 +1,371 @@
+"""The vision-language backbone: a real `transformers` Qwen2.5-VL, BLIP3-o's learnable queries, and a projector.
+
+Two paths share one model:
+  generation     prompts -> `generation_inputs` (queries last) -> base model (no lm_head) -> final-norm states at the
+                 N query positions -> projector -> condition (B, N, D) for the DiT.
+  understanding  images + questions -> `understanding_inputs` -> `generate` (greedy) -> answers; or a CE loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import (
+    AutoTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+)
+from transformers.utils import is_torchvision_available
+
+from ..config import BackboneConfig, ConfigError
+from .template import generation_inputs, understanding_inputs
+from .tokenizer import (
+    GEN_QUERY,
+    IM_END,
+    IMAGE_PAD,
+    PAD_TOKEN,
+    VIDEO_PAD,
+    VISION_END,
+    VISION_START,
+    add_generation_tokens,
+    build_shapes_tokenizer,
+    token_id,
+)
+
+QUERIES_FILE = "queries.safetensors"  # the learnable queries and the projector, beside the HF model files
+QUERIES_KEY = "queries"
+PROJECTOR_PREFIX = "projector."
+WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file or sharded
+# What `save_pretrained` writes and `from_pretrained` requires (one of WEIGHTS_FILES as well).
+REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", QUERIES_FILE)
+IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # Qwen's own, or ours
+LOADING_INFO_KEYS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")  # from output_loading_info
+MROPE_AXES = 3  # Qwen's multimodal rope splits the rotary half-dimension over (time, height, width)
+RESAMPLE = Image.Resampling.BICUBIC  # resizing understanding inputs to image_size
+
+
+class BackboneLoadError(RuntimeError):
+    """A saved backbone that cannot be loaded as is: a missing file, or missing / unexpected / mismatched weights."""
+
+
+def image_processor_class():
+    """Qwen2-VL's image processor: the torchvision backend if installed, else the PIL one (no fallback warning)."""
+    import transformers
+
+    return transformers.Qwen2VLImageProcessor if is_torchvision_available() else transformers.Qwen2VLImageProcessorPil
+
+
+class BackboneProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without a video processor (Qwen2_5_VLProcessor insists on finding one otherwise)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+    @classmethod
+    def get_attributes(cls):
+        return ["image_processor", "tokenizer"]
+
+
+def build_image_processor(vision_config, image_size: int):
+    """An image processor matching `vision_config` that turns any image into exactly image_size x image_size pixels."""
+    pixels = image_size * image_size  # min == max: every image becomes the same number of patches
+    return image_processor_class()(
+        patch_size=vision_config.patch_size,
+        merge_size=vision_config.spatial_merge_size,
+        temporal_patch_size=vision_config.temporal_patch_size,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+
+
+def _checked_override(section: dict, key: str, value, where: str) -> None:
+    """Set section[key] = value, refusing a different value the user wrote (it would silently be ignored)."""
+    if key in section and section[key] != value:
+        raise ConfigError(f"backbone.{where}.{key}: {section[key]!r} conflicts with {value!r}, derived from the model")
+    section[key] = value
+
+
+def qwen_config(cfg: BackboneConfig, tokenizer_or_vocab_size) -> Qwen2_5_VLConfig:
+    """A `Qwen2_5_VLConfig` from `cfg.text` / `cfg.vision`, with the vocabulary and special ids of the tokenizer.
+
+    Given a tokenizer, vocab size and every special token id are looked up by name; given an int (for parameter
+    counts on the meta device), only the vocab size is set. The vision tower's output width is the text width.
+    """
+    text, vision = dict(cfg.text), dict(cfg.vision)
+    top: dict = {}
+    if isinstance(tokenizer_or_vocab_size, int):
+        _checked_override(text, "vocab_size", tokenizer_or_vocab_size, "text")
+    else:
+        tok = tokenizer_or_vocab_size
+        _checked_override(text, "vocab_size", len(tok), "text")
+        for key, name in (("pad_token_id", PAD_TOKEN), ("bos_token_id", PAD_TOKEN), ("eos_token_id", IM_END)):
+            _checked_override(text, key, token_id(tok, name), "text")  # Qwen: bos = pad = <|endoftext|>
+        names = {"image_token_id": IMAGE_PAD, "video_token_id": VIDEO_PAD}
+        names |= {"vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
+        top = {key: token_id(tok, name) for key, name in names.items()}
+    try:
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **top)
+    except (TypeError, ValueError) as error:  # huggingface_hub's strict dataclasses reject wrong types
+        raise ConfigError(f"backbone.text / backbone.vision: {error}") from error
+    # The merger projects vision tokens into the text stream: its width is the text width (Qwen's default is not).
+    _checked_override(vision, "out_hidden_size", config.text_config.hidden_size, "vision")
+    config.vision_config.out_hidden_size = config.text_config.hidden_size
+    _check_mrope(config)
+    return config
+
+
+def _check_mrope(config: Qwen2_5_VLConfig) -> None:
+    """mrope_section must cover the rotary half-dimension exactly, or Qwen fails deep inside its rotary embedding."""
+    text = config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    section = text.rope_parameters.get("mrope_section")
+    if section is None or len(section) != MROPE_AXES or sum(section) != head_dim // 2:
+        raise ConfigError(
+            f"backbone.text.rope_parameters.mrope_section: {section!r} must be {MROPE_AXES} numbers summing to "
+            f"head_dim / 2 = {head_dim // 2}"
+        )
+    if config.vision_config.out_hidden_size != text.hidden_size:
+        raise ConfigError("backbone.vision.out_hidden_size must equal the text hidden size")
+
+
+def _init_new_rows(model: nn.Module, old_count: int, new_count: int) -> None:
+    """Set embedding (and untied lm_head) rows [old_count, new_count) to the mean of rows [0, old_count)."""
+    if new_count > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(new_count, mean_resizing=False)  # rows set just below
+    matrices = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not matrices[0]:
+        matrices.append(head.weight)
+    with torch.no_grad():
+        for weight in matrices:
+            weight[old_count:new_count] = weight[:old_count].mean(dim=0, keepdim=True)
+
+
+class Backbone(nn.Module):
+    """Qwen2.5-VL + N learnable queries + a projector.
+
+    Attributes:
+        model: `Qwen2_5_VLForConditionalGeneration`.
+        tokenizer: has GEN_START / GEN_QUERY; the chat template is THE prompt template (see template.py).
+        processor: `BackboneProcessor` (image processor + tokenizer).
+        queries: (1, N, hidden) parameter, standard-normal init (BLIP3-o).
+        projector: Linear(hidden, hidden) or Identity, maps query states to the condition.
+    """
+
+    def __init__(self, cfg: BackboneConfig, model: Qwen2_5_VLForConditionalGeneration, tokenizer, image_processor):
+        super().__init__()
+        if cfg.projector not in ("linear", "identity"):
+            raise ConfigError(f"backbone.projector: {cfg.projector!r} is not one of 'linear', 'identity'")
+        vocab_size = model.config.text_config.vocab_size
+        if not tokenizer.chat_template:
+            raise ConfigError("the backbone's tokenizer has no chat template (the prompt template needs Qwen's ChatML)")
+        if len(tokenizer) > vocab_size:
+            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}")
+        self.cfg = cfg
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = BackboneProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        hidden = model.config.text_config.hidden_size
+        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, hidden))
+        self.projector = nn.Linear(hidden, hidden) if cfg.projector == "linear" else nn.Identity()
+        # generate() stops at <|im_end|> and pads with <|endoftext|>, looked up by name.
+        model.generation_config.eos_token_id = token_id(tokenizer, IM_END)
+        model.generation_config.pad_token_id = token_id(tokenizer, PAD_TOKEN)
+
+    # ----------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, cfg: BackboneConfig) -> "Backbone":
+        """A fresh mini backbone from `cfg.text` / `cfg.vision`, or Qwen2.5-VL weights from `cfg.pretrained_path`.
+
+        With a pretrained path the model, tokenizer (whatever `cfg.tokenizer` says) and image processor (if saved;
+        else built from the vision config) come from that local folder; the generation tokens are added and their
+        embedding rows set to the mean of the existing rows. Queries and projector start fresh.
+        """
+        if cfg.pretrained_path is None:
+            if cfg.tokenizer != "shapes":
+                raise ConfigError("backbone.tokenizer: 'pretrained' needs backbone.pretrained_path")
+            tokenizer = build_shapes_tokenizer()
+            add_generation_tokens(tokenizer)
+            model = Qwen2_5_VLForConditionalGeneration(qwen_config(cfg, tokenizer))
+            return cls(cfg, model, tokenizer, build_image_processor(model.config.vision_config, cfg.image_size))
+        path = Path(cfg.pretrained_path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"backbone.pretrained_path: {path} is not a directory")
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        old_count = len(tokenizer)
+        if add_generation_tokens(tokenizer):
+            _init_new_rows(model, old_count, len(tokenizer))
+        return cls(cfg, model, tokenizer, _load_image_processor(path, model.config.vision_config, cfg.image_size))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, cfg: BackboneConfig) -> "Backbone":
+        """Load what `save_pretrained` wrote, strictly: any missing file or weight mismatch is a BackboneLoadError."""
+        directory = Path(directory)
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        if not any((directory / name).is_file() for name in WEIGHTS_FILES):
+            missing.append(" or ".join(WEIGHTS_FILES))
+        if missing:
+            raise BackboneLoadError(f"{directory}: missing file(s) {', '.join(missing)}")
+        try:
+            model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+                directory, local_files_only=True, output_loading_info=True
+            )
+        except (RuntimeError, ValueError, OSError) as error:  # e.g. a weight whose shape disagrees with config.json
+            raise BackboneLoadError(f"{directory}: model weights do not load: {error}") from error
+        problems = {key: sorted(map(str, info.get(key) or [])) for key in LOADING_INFO_KEYS}
+        problems = {key: value for key, value in problems.items() if value}
+        if problems:
+            raise BackboneLoadError(f"{directory}: model weights do not match the config: {json.dumps(problems)}")
+        processor = BackboneProcessor.from_pretrained(directory, local_files_only=True)  # tokenizer + image processor
+        backbone = cls(cfg, model, processor.tokenizer, processor.image_processor)
+        backbone._load_queries(directory / QUERIES_FILE)
+        return backbone
+
+    def _load_queries(self, path: Path) -> None:
+        """Load queries + projector with an exact key and shape check (safetensors only, never pickle)."""
+        expected = self._queries_state()
+        found = load_file(path)
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
+        mismatched = [
+            f"{k}: saved {tuple(found[k].shape)}, expected {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in found and found[k].shape != v.shape
+        ]
+        if missing or unexpected or mismatched:
+            raise BackboneLoadError(
+                f"{path.name}: missing {missing}, unexpected {unexpected}, mismatched {mismatched}"
+            )
+        with torch.no_grad():
+            self.queries.copy_(found[QUERIES_KEY])
+            self.projector.load_state_dict({k[len(PROJECTOR_PREFIX) :]: found[k] for k in found if k != QUERIES_KEY})
+
+    def _queries_state(self) -> dict[str, torch.Tensor]:
+        state = {QUERIES_KEY: self.queries}
+        state |= {PROJECTOR_PREFIX + k: v for k, v in self.projector.state_dict().items()}
+        return state
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """HF model (safetensors) + tokenizer + processor config + queries/projector in `queries.safetensors`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.processor.save_pretrained(directory)  # writes the tokenizer files and processor_config.json
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._queries_state().items()}
+        save_file(tensors, directory / QUERIES_FILE)
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze or unfreeze the Qwen model (the queries and projector stay trainable): BLIP3-o freezes it."""
+        self.model.requires_grad_(trainable)
+
+    # ----------------------------------------------------------------------------------------------- properties
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    @property
+    def condition_dim(self) -> int:
+        """Width D of `condition()` outputs (the projector's output width)."""
+        return self.projector.out_features if isinstance(self.projector, nn.Linear) else self.hidden_size
+
+    @property
+    def num_queries(self) -> int:
+        return self.queries.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.queries.device
+
+    # ----------------------------------------------------------------------------------------------- generation path
+    def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query states for B prompts: (B, N, D) condition and its (B, N) long mask (all ones).
+
+        Runs the base model only (`self.model.model`: no lm_head, no vocabulary logits). Position ids count only real
+        tokens, so a left-padded row gets the positions it would have alone (transformers would otherwise number the
+        padding too, since text-only inputs carry no `mm_token_type_ids` to derive Qwen's 3-D positions from).
+        """
+        n = self.num_queries
+        batch = generation_inputs(self.tokenizer, prompts, n, self.cfg.max_prompt_tokens)
+        input_ids = batch["input_ids"].to(self.device)
+        attention_mask = batch["attention_mask"].to(self.device)
+        if not bool((input_ids[:, -n:] == token_id(self.tokenizer, GEN_QUERY)).all()):
+            raise RuntimeError("generation_inputs must put the GEN_QUERY placeholders last")
+        embeds = self.model.get_input_embeddings()(input_ids)  # (B, L, hidden)
+        queries = self.queries.to(embeds.dtype).expand(len(prompts), -1, -1)  # (B, N, hidden)
+        embeds = torch.cat([embeds[:, :-n], queries], dim=1)  # the placeholders' rows become the queries
+        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L); padding is masked anyway
+        out = self.model.model(
+            input_ids=None,
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        )
+        states = out.last_hidden_state[:, -n:]  # (B, N, hidden), after the final RMSNorm
+        # The projector keeps the queries' dtype (float32) even when the model runs in bf16.
+        return self.projector(states.to(self.queries.dtype)), attention_mask[:, -n:]
+
+    # ----------------------------------------------------------------------------------------------- understanding
+    def _prepare_images(self, images, questions, answers=None) -> list[Image.Image]:
+        """Validate a VQA batch and return RGB images at image_size x image_size."""
+        if isinstance(images, Image.Image) or not isinstance(images, (list, tuple)):
+            raise ValueError(f"images must be a list of PIL images, got {type(images).__name__}")
+        if isinstance(questions, str) or not isinstance(questions, (list, tuple)):
+            raise ValueError(f"questions must be a list of str, got {type(questions).__name__}")
+        if not images:
+            raise ValueError("images is empty: give at least one image and question")
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        if answers is not None and len(answers) != len(questions):
+            raise ValueError(f"got {len(answers)} answers but {len(questions)} questions")
+        for i, image in enumerate(images):
+            if not isinstance(image, Image.Image):
+                raise ValueError(f"images[{i}] is a {type(image).__name__}, not a PIL image")
+        for name, texts in (("questions", questions), ("answers", answers or [])):
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise ValueError(f"{name}[{i}] is a {type(text).__name__}, not a str")
+        side = (self.cfg.image_size, self.cfg.image_size)
+        return [im if im.size == side and im.mode == "RGB" else _to_rgb(im).resize(side, RESAMPLE) for im in images]
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    @torch.no_grad()
+    def answer(self, images: list[Image.Image], questions: list[str], max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers, one `generate` call for the whole (left-padded) batch; decoded without special tokens."""
+        prepared = self._prepare_images(images, questions)
+        batch = self._to_device(understanding_inputs(self.processor, prepared, list(questions)))
+        output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def understanding_loss(self, images: list[Image.Image], questions: list[str], answers: list[str]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens and their closing <|im_end|> (scalar)."""
+        prepared = self._prepare_images(images, questions, answers)
+        batch = self._to_device(understanding_inputs(self.processor, prepared, list(questions), list(answers)))
+        return self.model(**batch, use_cache=False).loss
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; transparency is composited on black (ShapesWorld's background), not dropped to garbage."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _load_image_processor(path: Path, vision_config, image_size: int):
+    """The folder's saved image processor if it has one, else one built from the vision config."""
+    if any((path / name).is_file() for name in IMAGE_PROCESSOR_FILES):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    return build_image_processor(vision_config, image_size)
