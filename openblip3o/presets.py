@@ -8,6 +8,7 @@ features). Full-scale weights are always read from local folders given in the `p
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 from .config import (
@@ -155,8 +156,9 @@ def mini() -> ModelConfig:
         backbone=BackboneConfig(text=dict(MINI_TEXT), vision=dict(MINI_VISION), image_size=64, num_queries=64),
         generator=GeneratorConfig(hidden_size=192, num_layers=6, num_attention_heads=6, num_kv_heads=6),
         objective=ObjectiveConfig(name="flow_matching", condition_dropout=0.1),
-        target=TargetConfig(kind="clip", encoder="clip", model=dict(ENCODER_DEFAULTS), image_size=64, grid_size=8),
-        decoder=DecoderConfig(**DECODER_DEFAULTS),
+        target=TargetConfig(kind="clip", encoder="clip", model=copy.deepcopy(ENCODER_DEFAULTS), image_size=64, grid_size=8),
+        # The decoder's own sampling keeps the reference defaults (50 steps, CFG 3.0) until training measures better.
+        decoder=DecoderConfig(**{**copy.deepcopy(DECODER_DEFAULTS), "num_inference_steps": 50, "guidance_scale": 3.0}),
         sampling=SamplingConfig(num_inference_steps=30, guidance_scale=3.0),
     )
 

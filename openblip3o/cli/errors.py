@@ -8,8 +8,9 @@ import typer
 
 from ..data.shapes.sampler import PlacementError
 from ..evaluation.geneval.layout import MetadataError
+from ..models.loading import CheckpointError
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MetadataError, PlacementError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MetadataError, PlacementError, CheckpointError)
 USER_ERROR_EXIT = 2
 
 

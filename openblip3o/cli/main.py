@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import data, evaluate
+from .info import info
 
 app = typer.Typer(
     name="openblip3o",
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(evaluate.app, name="eval")
+app.command()(info)
 
 
 @app.command()
