@@ -1,0 +1,51 @@
+"""Typed training configuration: the optimisation loop shared by every stage, and the stage settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoopConfig:
+    """One optimisation loop: AdamW with warm-up + cosine, clipping, EMA, accumulation, checkpoints."""
+
+    steps: int = 1000
+    batch_size: int = 32  # global batch per optimiser step (split across processes, accumulated micro-batches)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 = no EMA; EMA weights are what the stage saves when on
+    mixed_precision: str = "auto"  # "auto" = bf16 on a GPU, fp32 on a CPU; or "no" / "bf16" / "fp16"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    sample_every: int = 0  # 0 = never; else the stage's sample grid every N steps
+    max_bad_steps: int = 5  # consecutive non-finite losses before aborting
+    log_with: str = "none"  # "none" | "tensorboard" | "wandb" (a JSONL log is always written)
+
+
+@dataclass
+class StageLoops:
+    """The loops of the four stages (the autoencoder has three sub-stages)."""
+
+    vae: LoopConfig = field(default_factory=lambda: LoopConfig(steps=600, batch_size=32, lr=2e-3))
+    encoder: LoopConfig = field(default_factory=lambda: LoopConfig(steps=600, batch_size=64, lr=1e-3))
+    decoder: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1500, batch_size=32, lr=1e-3, ema_decay=0.999))
+    understanding: LoopConfig = field(default_factory=lambda: LoopConfig(steps=800, batch_size=32, lr=1e-3))
+    generation: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000, batch_size=32, lr=1e-3, ema_decay=0.999))
+    instruct: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=3e-4, warmup_steps=20))
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "mini"
+    seed: int = 0
+    loops: StageLoops = field(default_factory=StageLoops)
+    short_caption_rate: float = 0.1  # generation: share of short captions among the long ones
+    instruct_lora_rank: int = 0  # 0 = full fine-tuning of queries + DiT; > 0 = LoRA through peft
+    joint: bool = False  # train backbone and generator together with both losses (the comparison)
