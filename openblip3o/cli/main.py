@@ -5,7 +5,10 @@ from __future__ import annotations
 import typer
 
 from . import data, evaluate
+from .generate import ask, generate
 from .info import info
+from .serve import demo, serve
+from .train import train
 
 app = typer.Typer(
     name="openblip3o",
@@ -17,6 +20,11 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(evaluate.app, name="eval")
 app.command()(info)
+app.command()(train)
+app.command()(generate)
+app.command()(ask)
+app.command()(serve)
+app.command()(demo)
 
 
 @app.command()

@@ -23,3 +23,22 @@ def vqa_accuracy(predictions: list[str], answers: list[str], types: list[str] | 
         "by_type": {k: sum(v) / len(v) for k, v in sorted(by_type.items())},
         "questions": len(hits),
     }
+
+
+def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64) -> dict:
+    """Answer every VQA pair of `num` held-out ShapesWorld scenes; exact-match accuracy by question type."""
+    from ..data.shapes import ShapesWorld
+
+    world = ShapesWorld("heldout", seed)
+    images, questions, answers, types = [], [], [], []
+    for index in range(num):
+        example = world[index]
+        for qa in example.annotation["vqa"]:
+            images.append(example.image)
+            questions.append(qa["question"])
+            answers.append(qa["answer"])
+            types.append(qa["type"])
+    predictions = []
+    for first in range(0, len(questions), batch_size):
+        predictions += pipe.answer(images[first : first + batch_size], questions[first : first + batch_size])
+    return vqa_accuracy(predictions, answers, types)

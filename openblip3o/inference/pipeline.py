@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ class BLIP3oPipeline:
         return cls(BLIP3oModel.from_config(config or get_preset(name)))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path) -> BLIP3oPipeline:
-        """Load a folder written by `save_pretrained`, or a preset name whose trained weights ship in the package."""
+    def from_pretrained(cls, name_or_path: str | Path, torch_dtype: torch.dtype = torch.float32) -> BLIP3oPipeline:
+        """Load a folder written by `save_pretrained`, or a preset name whose trained weights ship in the package.
+
+        Weights are cast to `torch_dtype` whatever they were stored in (the shipped mini model is stored in fp16).
+        """
         path = Path(name_or_path)
         if not path.is_dir() and str(name_or_path) in PRESETS:
             shipped = SHIPPED_WEIGHTS / str(name_or_path)
@@ -89,16 +93,19 @@ class BLIP3oPipeline:
         target_encoder = load_target_encoder(path / "target_encoder", config.target)
         generator = Generator.from_pretrained(path / "generator")
         decoder = DiffusionDecoder.from_pretrained(path / "decoder", config.decoder) if config.target.kind == "clip" else None
-        return cls(BLIP3oModel(config, backbone, generator, target_encoder, decoder))
+        return cls(BLIP3oModel(config, backbone, generator, target_encoder, decoder).to(torch_dtype))
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> None:
+        """A folder per component (safetensors + config) and `model_index.json`; `dtype` stores a cast copy
+        (e.g. torch.float16 halves the size) and leaves this pipeline untouched."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.backbone.save_pretrained(directory / "backbone")
-        self.model.generator.save_pretrained(directory / "generator")
-        self.model.target_encoder.save_pretrained(directory / "target_encoder")
-        if self.model.decoder is not None:
-            self.model.decoder.save_pretrained(directory / "decoder")
+        model = self.model if dtype is None else copy.deepcopy(self.model).to(dtype)
+        model.backbone.save_pretrained(directory / "backbone")
+        model.generator.save_pretrained(directory / "generator")
+        model.target_encoder.save_pretrained(directory / "target_encoder")
+        if model.decoder is not None:
+            model.decoder.save_pretrained(directory / "decoder")
         index = {"_class_name": type(self).__name__, "openblip3o_version": __version__, "config": self.config.to_dict()}
         (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 

@@ -17,6 +17,9 @@ _PLACE_PHRASES = {
     "top": "at the top",
     "bottom": "at the bottom",
 }
+# The captioning request of understanding training (its answer is the long caption), in words already in the
+# vocabulary so that adding it changed no token id.
+CAPTION_QUESTION = "what is in the photo?"
 # Questions about relations are asked only where the answer is clear by a wide margin.
 CLEAR_RELATION = 0.65
 

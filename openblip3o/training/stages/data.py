@@ -1,0 +1,42 @@
+"""Batches drawn from ShapesWorld by position: batch(start, size) is always the same examples."""
+
+from __future__ import annotations
+
+import random
+
+from ...data.shapes import ShapesWorld
+from ...data.shapes.text import CAPTION_QUESTION
+from ...models.encoders import to_tensor
+
+CAPTION_STREAM = 7  # per-example choices use their own generator stream, apart from the scene's
+
+
+def examples(world: ShapesWorld, start: int, size: int):
+    return [world[i] for i in range(start, start + size)]
+
+
+def choice_rng(seed: int, index: int) -> random.Random:
+    return random.Random((seed << 36) + (index << 4) + CAPTION_STREAM)
+
+
+def pick_caption(example, rng: random.Random, short_rate: float, prompt_rate: float) -> str:
+    """A long caption mostly; a short one `short_rate` of the time; the GenEval prompt `prompt_rate`."""
+    draw = rng.random()
+    if draw < short_rate:
+        return example.annotation["captions"]["short"]
+    if draw < short_rate + prompt_rate:
+        return example.annotation["prompt"]
+    return example.annotation["captions"]["long"]
+
+
+def pick_question(example, rng: random.Random, caption_rate: float) -> tuple[str, str]:
+    """A VQA pair of the scene, or the captioning request with the long caption as answer."""
+    if rng.random() < caption_rate or not example.annotation["vqa"]:
+        return CAPTION_QUESTION, example.annotation["captions"]["long"]
+    qa = rng.choice(example.annotation["vqa"])
+    return qa["question"], qa["answer"]
+
+
+def image_batch(batch_examples, size: int):
+    """(B, 3, size, size) floats in [0, 1]."""
+    return to_tensor([e.image for e in batch_examples], size)

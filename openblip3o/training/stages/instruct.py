@@ -1,0 +1,70 @@
+"""Instruction tuning: a small prompt-image set weighted to the categories the model is weakest at.
+
+At mini scale the set is made from ShapesWorld: GenEval-style prompts of the training split, each rendered
+exactly, drawn per tag with weight (1 - score) from the last evaluation (BLIP3o-60k targeted the base model's
+weak areas the same way). Full fine-tuning of queries + DiT, or LoRA on the DiT's attention through `peft`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ...data.shapes import PromptSampler, realise, render_scene
+from ...data.shapes.prompts import TAGS
+from ...models.encoders import to_tensor
+from ...models.unified import BLIP3oModel
+from .generation import _QueryHolder
+
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+WEIGHT_FLOOR = 0.05  # a tag the model already masters still gets a few examples
+INSTRUCT_STREAM = 11
+
+
+def tag_weights(scores: dict[str, float] | None) -> dict[str, float]:
+    """Per-tag sampling weights: (1 - score) + floor, uniform when no scores are known."""
+    if not scores:
+        return {tag: 1.0 for tag in TAGS}
+    return {tag: max(0.0, 1.0 - scores.get(tag, 0.0)) + WEIGHT_FLOOR for tag in TAGS}
+
+
+class InstructTask:
+    name = "instruct"
+
+    def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0):
+        self.model, self.seed = model, seed
+        self.weights = tag_weights(scores)
+        self.tags, self.tag_probs = list(self.weights), list(self.weights.values())
+        self.prompts = PromptSampler("train")
+        self.lora_rank = lora_rank
+        model.backbone.set_backbone_trainable(False)
+        if lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS, lora_dropout=0.0)
+            model.generator.dit = get_peft_model(model.generator.dit, config)
+
+    def modules(self):
+        if self.lora_rank > 0:
+            return {"generator": self.model.generator}  # peft leaves only the LoRA weights trainable
+        return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
+                "generator": self.model.generator}
+
+    def example(self, index: int):
+        rng = random.Random((self.seed << 36) + (index << 4) + INSTRUCT_STREAM)
+        tag = rng.choices(self.tags, self.tag_probs)[0]
+        record = self.prompts.sample(tag, rng)
+        return render_scene(realise(record, rng, forbid_heldout=True)), record["prompt"]
+
+    def batch(self, start: int, size: int):
+        pairs = [self.example(i) for i in range(start, start + size)]
+        return to_tensor([p[0] for p in pairs], self.model.config.target.image_size), [p[1] for p in pairs]
+
+    def loss(self, batch, generator):
+        images, prompts = batch
+        loss = self.model.generation_loss(images.to(self.model.backbone.device), prompts, generator)
+        return loss, {"flow": loss.item()}
+
+    def finish(self) -> None:
+        """Merge LoRA weights into the DiT so the saved pipeline is plain diffusers weights."""
+        if self.lora_rank > 0:
+            self.model.generator.dit = self.model.generator.dit.merge_and_unload()
