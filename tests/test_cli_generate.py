@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from openblip3o import BLIP3oPipeline
 from openblip3o.cli import app
+from openblip3o.serving.model import model_id_for
 
 runner = CliRunner()
 FAST = ["--steps", "2", "--decoder-steps", "2"]
@@ -57,6 +58,7 @@ def test_ask_prints_the_pipelines_answer(saved, tmp_path):
     image.save(tmp_path / "red.png")
     result = invoke("ask", tmp_path / "red.png", "what color is the square?", "--model", model)
     assert result.exit_code == 0, result.output
+    assert model_id_for(model) == "my-mini" and model_id_for("mini") == "mini"  # the id `serve` publishes
     expected = pipe.answer([image], ["what color is the square?"])[0]
     assert result.stdout.splitlines() == [expected]
 

@@ -27,13 +27,13 @@ pytest.importorskip("fastapi", reason="needs the serve extras: pip install -e '.
 uvicorn = pytest.importorskip("uvicorn", reason="needs the serve extras: pip install -e '.[serve]'")
 openai = pytest.importorskip("openai", reason="needs the openai client: pip install -e '.[test]'")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from openblip3o import BLIP3oPipeline  # noqa: E402
-from openblip3o.serving.api import create_app  # noqa: E402
-from openblip3o.serving.limits import Limits  # noqa: E402
+from openblip3o import BLIP3oPipeline
+from openblip3o.serving.api import create_app
+from openblip3o.serving.limits import Limits
 
 FAST = {"steps": 2, "decoder_steps": 2}  # extension fields: seconds, not minutes, per test
 LIMITS = Limits(max_n=4, max_prompt_chars=200, max_image_bytes=100_000, max_image_pixels=256 * 256, max_batch=8,

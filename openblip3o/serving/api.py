@@ -91,9 +91,10 @@ def _question_and_image(body: ChatCompletionRequest):
     return question, url
 
 
-def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limits: Limits = Limits(),
+def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limits: Limits | None = None,
                batcher: MicroBatcher | None = None) -> FastAPI:
     """An app serving `pipe` as `model_id`. With `api_key`, every /v1 route needs `Authorization: Bearer KEY`."""
+    limits = limits or Limits()
     batcher = batcher or MicroBatcher(pipe, limits)
     created = int(time.time())
     native = pipe.config.decoder.image_size
@@ -145,7 +146,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
             raise RequestError(str(err)) from None
         except (RequestError, asyncio.CancelledError):
             raise
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             # Answered here as a handled error: an exception reaching uvicorn would also drop the keep-alive connection.
             log.error("batch failed: %s: %s", type(err).__name__, err, exc_info=err)
             raise RequestError(f"the model failed on this batch ({type(err).__name__})", status=500,
@@ -199,7 +200,8 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
         check_model(body.model)
         if body.stream:
             raise RequestError("streaming is not supported", param="stream", code="unsupported_value")
-        check_range(1 if body.n is None else body.n, 1, 1, "n")
+        if body.n not in (None, 1):  # answers are greedy: more choices would be copies of the first
+            raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
         budget = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_new_tokens = check_range(DEFAULT_MAX_NEW_TOKENS if budget is None else budget, 1, limits.max_new_tokens,

@@ -54,8 +54,8 @@ def random_seed() -> int:
 class MicroBatcher:
     """Owns a pipeline and one worker thread; `generate` and `answer` are safe to call from any thread."""
 
-    def __init__(self, pipe, limits: Limits = Limits()):
-        self.pipe, self.limits = pipe, limits
+    def __init__(self, pipe, limits: Limits | None = None):
+        self.pipe, self.limits = pipe, limits or Limits()
         self._pending: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False

@@ -25,7 +25,7 @@ CONCURRENCY = 8  # events in flight at once; the batcher turns them into shared 
 EXAMPLE_PROMPTS = ["a photo of a red circle", "a photo of two stars", "a photo of a blue square above a yellow cross"]
 INTRO = (
     "One model that **generates images** from text and **answers questions** about images, built the BLIP3-o way. "
-    "This demo runs `{model}` on the CPU."
+    "This demo runs `{model}` on the {device}."
 )
 
 
@@ -56,7 +56,8 @@ def build_demo(batcher: MicroBatcher, model_id: str = "mini", *, decoder_steps: 
         return _wait(lambda: batcher.answer(image, question))
 
     with gr.Blocks(title=TITLE) as app:
-        gr.Markdown(f"# {TITLE}\n" + INTRO.format(model=model_id))
+        device = next(pipe.model.parameters()).device.type.upper()
+        gr.Markdown(f"# {TITLE}\n" + INTRO.format(model=model_id, device=device))
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -101,8 +102,9 @@ def _wait(submit):
 
 
 def launch_demo(pipe, model_id: str = "mini", *, host: str = "127.0.0.1", port: int = 7860,
-                limits: Limits = Limits(), decoder_steps: int | None = None, block: bool = True):
+                limits: Limits | None = None, decoder_steps: int | None = None, block: bool = True):
     """Build and launch the demo; with `block=False` it returns `(app, url)` with the server running in a thread."""
+    limits = limits or Limits()
     batcher = MicroBatcher(pipe, limits)
     app = build_demo(batcher, model_id, decoder_steps=decoder_steps)
     app.queue(default_concurrency_limit=CONCURRENCY, max_size=limits.max_queue)

@@ -135,11 +135,11 @@ def decode_image_url(url, limits: Limits, param: str = "image_url") -> Image.Ima
     return decode_image_bytes(data, limits, param)
 
 
-def load_image_file(path, limits: Limits = Limits()) -> Image.Image:
+def load_image_file(path, limits: Limits | None = None) -> Image.Image:
     """An image file from disk with the same checks as an upload; mistakes raise ValueError (one line in the CLI)."""
     from pathlib import Path
 
-    path = Path(path)
+    path, limits = Path(path), limits or Limits()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     if path.stat().st_size > limits.max_image_bytes:
