@@ -37,7 +37,9 @@ class StageLoops:
     encoder: LoopConfig = field(default_factory=lambda: LoopConfig(steps=600, batch_size=64, lr=1e-3))
     decoder: LoopConfig = field(default_factory=lambda: LoopConfig(steps=1500, batch_size=32, lr=1e-3, ema_decay=0.999))
     understanding: LoopConfig = field(default_factory=lambda: LoopConfig(steps=800, batch_size=32, lr=1e-3))
-    generation: LoopConfig = field(default_factory=lambda: LoopConfig(steps=2000, batch_size=32, lr=1e-3, ema_decay=0.999))
+    generation: LoopConfig = field(
+        default_factory=lambda: LoopConfig(steps=2000, batch_size=32, lr=1e-3, ema_decay=0.999, sample_every=250)
+    )
     instruct: LoopConfig = field(default_factory=lambda: LoopConfig(steps=300, batch_size=32, lr=3e-4, warmup_steps=20))
 
 
