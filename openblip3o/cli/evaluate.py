@@ -83,3 +83,157 @@ def reconstruct(
         for key in SCORE_KEYS:
             typer.echo(f"{key:<14} {scores[key]:.4f}")
         typer.echo(f"{'scenes':<14} {scores['scenes']}")
+
+
+# --- benchmark generation and scoring: GenEval, DPG-Bench, WISE, held-out VQA --------------------------------------
+MODEL_OPT = typer.Option("mini", "--model", help="A folder written by save_pretrained, or 'mini' (the shipped default).")
+STEPS_OPT = typer.Option(None, "--steps", help="DiT sampling steps (default: the model's).")
+CFG_OPT = typer.Option(None, "--cfg", help="DiT classifier-free guidance (default: the model's).")
+DECODER_STEPS_OPT = typer.Option(None, "--decoder-steps", help="Diffusion-decoder steps (default: the model's).")
+DECODER_CFG_OPT = typer.Option(None, "--decoder-cfg", help="Diffusion-decoder guidance (default: the model's).")
+BATCH_OPT = typer.Option(16, "--batch-size", help="Images per generation batch.")
+SEED_OPT = typer.Option(42, "--seed", help="Sample j of every prompt starts from seed + j (WISE: every image from seed).")
+MINI = "mini"
+
+
+def _sampling(steps, cfg, decoder_steps, decoder_cfg) -> dict:
+    return {"num_inference_steps": steps, "guidance_scale": cfg, "decoder_num_inference_steps": decoder_steps,
+            "decoder_guidance_scale": decoder_cfg}
+
+
+def _pipeline(model: str):
+    from .generate import _load
+
+    return _load(model)
+
+
+@app.command()
+@user_errors
+def geneval(
+    metadata: Path = typer.Option(..., "--metadata", help="A GenEval metadata JSONL file (official or ShapesWorld)."),
+    out: Path = typer.Option(..., "--out", help="Output folder: the official layout DIR/NNNNN/metadata.jsonl + samples/."),
+    n_samples: int = typer.Option(4, "--n-samples", help="Images per prompt."),
+    batch_size: int = BATCH_OPT, seed: int = SEED_OPT, model: str = MODEL_OPT,
+    steps: int = STEPS_OPT, cfg: float = CFG_OPT, decoder_steps: int = DECODER_STEPS_OPT,
+    decoder_cfg: float = DECODER_CFG_OPT,
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Also write each prompt's grid.png."),
+):
+    """Generate GenEval images for any metadata file, resumably; the settings go to DIR/settings.json."""
+    from ..evaluation.geneval.generate import generate_layout
+    from ..evaluation.geneval.layout import read_metadata_file
+
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError("--n-samples and --batch-size must be at least 1")
+    records = read_metadata_file(metadata)
+    settings = generate_layout(_pipeline(model), records, out, n_samples=n_samples, batch_size=batch_size, seed=seed,
+                               grid=grid, **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+    typer.echo(f"{len(records)} prompts x {n_samples} images in {out} (model hash {settings['model_hash']})")
+
+
+@app.command()
+@user_errors
+def dpg(
+    prompts: str = typer.Option(..., "--prompts", help="Folder of official <item_id>.txt prompts, or 'mini'."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <item_id>.png, each a 2x2 grid of 4 samples."),
+    num: int = typer.Option(100, "--num", help="Mini only: held-out scenes to turn into dense prompts."),
+    batch_size: int = BATCH_OPT, seed: int = SEED_OPT, model: str = MODEL_OPT,
+    steps: int = STEPS_OPT, cfg: float = CFG_OPT, decoder_steps: int = DECODER_STEPS_OPT,
+    decoder_cfg: float = DECODER_CFG_OPT,
+):
+    """Generate DPG-Bench images in the official layout; 'mini' also writes the question graphs (dpg_bench.csv)."""
+    from ..evaluation.dpg import generate_dpg, read_prompts, write_mini_prompts
+
+    texts = write_mini_prompts(out, num) if prompts == MINI else read_prompts(prompts)
+    generate_dpg(_pipeline(model), texts, out, seed=seed, batch_size=batch_size,
+                 **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+    hint = f"; score with: openblip3o eval dpg-score {out}" if prompts == MINI else ""
+    typer.echo(f"{len(texts)} grids in {out}{hint}")
+
+
+@app.command("dpg-score")
+@user_errors
+def dpg_score(
+    directory: Path = typer.Argument(..., help="Folder with <item_id>.png grids and the mini dpg_bench.csv."),
+    questions: Path = typer.Option(None, "--csv", help="Question file (default DIR/dpg_bench.csv)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: score, l1, l2, images, failed."),
+):
+    """Mini DPG-Bench: the rule checker answers every question on each crop; parent rule; score = 100 x mean."""
+    from ..evaluation.dpg import score_dpg
+
+    summary = score_dpg(directory, questions, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for name, value in summary["l1"].items():
+        typer.echo(f"{name:<14} {value:6.2f}")
+    typer.echo(f"{'DPG score':<14} {summary['score']:6.2f}   ({summary['images']} images, {summary['failed']} failed)")
+
+
+@app.command()
+@user_errors
+def wise(
+    prompts: list[Path] = typer.Option(..., "--prompts", help="Official WISE data/*.json files, or their folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder: one {prompt_id}.png per prompt."),
+    batch_size: int = BATCH_OPT, seed: int = SEED_OPT, model: str = MODEL_OPT,
+    steps: int = STEPS_OPT, cfg: float = CFG_OPT, decoder_steps: int = DECODER_STEPS_OPT,
+    decoder_cfg: float = DECODER_CFG_OPT,
+):
+    """Generate WISE images (legacy protocol), resumably."""
+    from ..evaluation.wise import generate_wise, load_prompts
+
+    records = load_prompts(prompts)
+    generate_wise(_pipeline(model), records, out, seed=seed, batch_size=batch_size,
+                  **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+    typer.echo(f"{len(records)} images in {out}")
+
+
+@app.command("wise-score")
+@user_errors
+def wise_score(
+    directory: Path = typer.Argument(..., help="Folder of {prompt_id}.png images."),
+    prompts: list[Path] = typer.Option(..., "--prompts", help="The WISE JSON files the images were made from."),
+    base_url: str = typer.Option(..., "--base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1."),
+    judge_model: str = typer.Option("gpt-4o-2024-05-13", "--judge-model", help="The judge model name."),
+    api_key: str = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="Bearer key (or $OPENAI_API_KEY)."),
+    workers: int = typer.Option(4, "--workers", help="Concurrent judge requests."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: overall, categories, images, judged, unparsed."),
+):
+    """Judge WISE images: WiScore = (0.7 C + 0.2 R + 0.1 A) / 2, category-weighted overall; resumable."""
+    from ..evaluation.wise import ChatJudge, JudgeError, judge_folder, load_prompts
+
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory}: no such image folder")
+    try:
+        summary = judge_folder(directory, load_prompts(prompts), ChatJudge(base_url, judge_model, api_key),
+                               workers=workers, progress=not as_json)
+    except JudgeError as err:
+        raise ValueError(f"judge failed ({err}); judgements so far are kept, rerun to resume") from None
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for name, value in summary["categories"].items():
+        typer.echo(f"{name:<10} {value:.3f}")
+    typer.echo(f"{'overall':<10} {summary['overall']:.3f}   ({summary['judged']} judged, {summary['unparsed']} unparsed)")
+
+
+@app.command("vqa-heldout")
+@user_errors
+def vqa_heldout_command(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(500, "--num", help="Held-out scenes (each brings up to five questions)."),
+    seed: int = typer.Option(0, "--seed", help="Held-out world seed."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions."),
+):
+    """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
+    from ..evaluation.vqa import vqa_heldout
+
+    if num < 1:
+        raise ValueError("--num must be at least 1")
+    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for kind, value in result["by_type"].items():
+        typer.echo(f"{kind:<10} {value:.4f}")
+    typer.echo(f"{'accuracy':<10} {result['accuracy']:.4f}   ({result['questions']} questions)")
