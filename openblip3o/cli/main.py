@@ -5,9 +5,12 @@ from __future__ import annotations
 import typer
 
 from . import data, evaluate
+from .convert import convert
+from .curate import curate
 from .generate import ask, generate
 from .info import info
 from .serve import demo, serve
+from .study import study
 from .train import train
 
 app = typer.Typer(
@@ -25,6 +28,9 @@ app.command()(generate)
 app.command()(ask)
 app.command()(serve)
 app.command()(demo)
+app.command()(study)
+app.command()(convert)
+app.command()(curate)
 
 
 @app.command()
