@@ -335,3 +335,28 @@ def test_local_backend_and_clip_filter_hook(tmp_path, mini_pipe):
     _, failures = result_set(tmp_path / "clip")
     assert manifest["failures"] == {"filtered_clip_score": len(failures)} and 0 < len(failures) < 30
     assert all(s.meta["clip_score"] == 50.0 for s in ShardReader(tmp_path / "clip", shuffle=False))
+
+
+def test_render_backend_makes_the_mini_instruction_set_exactly(tmp_path):
+    """`--backend render`: every image shows its prompt (the rule scorer passes it), the GenEval record is stored,
+    a rerun adds nothing, and a full-scale plan is refused."""
+    from openblip3o.evaluation.geneval.detector import detect
+    from openblip3o.evaluation.geneval.rules import evaluate
+
+    config = load_config(None, out_dir=str(tmp_path), scale="mini", num_items=40, images_per_prompt=2,
+                         backend="render", shard_size=16, progress=False)
+    manifest = curate(config)
+    assert manifest["source_model"] == "shapesworld-render"
+    assert manifest["accepted"] == 80 and manifest["failed"] == 0 and len(manifest["shards"]) == 5
+    samples = list(ShardReader(tmp_path, shuffle=False))
+    assert len(samples) == 80 and len({s.key for s in samples}) == 80
+    assert {s.meta["category"] for s in samples} == {s.meta["metadata"]["tag"] for s in samples}
+    verdicts = [evaluate(s.meta["metadata"], detect(s.image)[0]) for s in samples]
+    assert all(ok for ok, _ in verdicts), [reason for ok, reason in verdicts if not ok][:3]
+    assert all(s.text == s.meta["metadata"]["prompt"] for s in samples)
+    # the two images of one prompt are different scenes (their own seeds)
+    first, second = (s for s in samples if s.meta["index"] == 0)
+    assert first.image.tobytes() != second.image.tobytes()
+    assert curate(config)["this_run"]["attempted"] == 0
+    with pytest.raises(ConfigError, match="backend 'render'.*scale 'mini'"):
+        load_config(None, out_dir=str(tmp_path / "full"), scale="full", backend="render")

@@ -109,3 +109,23 @@ def test_training_config_rejects_unknown_keys_and_wrong_types(tmp_path):
     result = CliRunner().invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert result.output.strip() == "error: loops.generation.lr: expected float, got str 'fast'"
+
+
+def test_instruct_from_a_curated_folder(model, tmp_path):
+    """The instruct stage trains on `openblip3o curate --backend render` output: its batches are that set's pairs."""
+    from openblip3o.curation import curate, load_config
+    from openblip3o.models.encoders import to_tensor
+
+    curate(load_config(None, out_dir=str(tmp_path / "set"), scale="mini", num_items=12, backend="render",
+                       progress=False))
+    task = InstructTask(model, data=str(tmp_path / "set"))
+    assert task.size == 12
+    images, prompts = task.batch(0, BATCH)
+    by_prompt = {text: image for image, text in task.curated}
+    assert all(p in by_prompt for p in prompts)
+    assert torch.equal(images[0], to_tensor([by_prompt[prompts[0]]], images.shape[-1])[0])
+    falls(task, tmp_path / "curated")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no .tar shards"):
+        InstructTask(model, data=str(empty))

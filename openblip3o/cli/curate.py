@@ -13,8 +13,9 @@ from .errors import user_errors
 @user_errors
 def curate(
     config: Path = typer.Option(..., "--config", help="YAML config (see configs/curate-mini.yaml); keys are strict."),
-    backend: str = typer.Option(None, "--backend", help="'http' (an OpenAI-compatible endpoint) or 'local' (a "
-                                                        "pipeline called directly, no server). Default: the config's."),
+    backend: str = typer.Option(None, "--backend", help="'http' (an OpenAI-compatible endpoint), 'local' (a "
+                                                        "pipeline called directly, no server) or 'render' (mini: "
+                                                        "ShapesWorld's exact renderer). Default: the config's."),
     base_url: str = typer.Option(None, "--base-url", help="Image endpoint, e.g. http://127.0.0.1:8000/v1 "
                                                           "(else OPENBLIP3O_CURATE_BASE_URL, else the config)."),
     model: str = typer.Option(None, "--model", help="Model name sent to the endpoint (else OPENBLIP3O_CURATE_MODEL)."),

@@ -16,7 +16,7 @@ from ..config import ConfigError, check_choice, from_dict
 
 ENV_PREFIX = "OPENBLIP3O_CURATE_"
 SCALES = ("full", "mini")  # full: the shipped BLIP3o-60k category table; mini: ShapesWorld's six GenEval tags
-BACKENDS = ("http", "local")
+BACKENDS = ("http", "local", "render")  # render: ShapesWorld's exact renderer (mini scale only)
 
 
 @dataclass
@@ -97,6 +97,8 @@ class CurateConfig:
     def __post_init__(self):
         check_choice("scale", self.scale, SCALES)
         check_choice("backend", self.backend, BACKENDS)
+        if self.backend == "render" and self.scale != "mini":
+            raise ConfigError("backend 'render' draws ShapesWorld records: it needs scale 'mini'")
         for key, value, low in (("num_items", self.num_items, 1), ("images_per_prompt", self.images_per_prompt, 1),
                                 ("shard_size", self.shard_size, 1), ("endpoint.concurrency", self.endpoint.concurrency, 1),
                                 ("endpoint.retries", self.endpoint.retries, 0), ("local.batch_size", self.local.batch_size, 1),

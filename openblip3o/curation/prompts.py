@@ -16,7 +16,7 @@ import json
 import os
 import random
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import CurateConfig
@@ -37,6 +37,8 @@ class Item:
     prompt: str
     category: str
     seed: int
+    # mini scale: the prompt's GenEval record (what the exact renderer draws, and what a scorer checks)
+    metadata: dict | None = field(default=None, compare=False, hash=False)
 
 
 def item_id(index: int, seed: int) -> str:
@@ -93,16 +95,19 @@ class PromptSource:
             self.weights = _weights(config.categories, tag_weights(scores), "tag")
             sampler = PromptSampler("train")  # never a held-out combination: the evaluation stays unseen
             assert set(self.weights) <= set(TAGS)
-            self._draw = lambda tag, rng: sampler.sample(tag, rng)["prompt"]
+            self._draw = lambda tag, rng: sampler.sample(tag, rng)
         else:
             table = load_categories()
             self.weights = _weights(config.categories, {n: float(e["weight"]) for n, e in table.items()}, "category")
-            self._draw = lambda name, rng: fill(rng.choice(table[name]["templates"]), table[name]["words"], rng)
+            self._draw = lambda name, rng: {"prompt": fill(rng.choice(table[name]["templates"]), table[name]["words"], rng)}
         self.names, self.probs = list(self.weights), list(self.weights.values())
 
-    def draw(self, rng: random.Random) -> tuple[str, str]:
+    def draw(self, rng: random.Random) -> tuple[str, str, dict | None]:
+        """(category, normalised prompt, the GenEval record at mini scale else None)."""
         category = rng.choices(self.names, self.probs)[0]
-        return category, normalise(self._draw(category, rng))
+        drawn = self._draw(category, rng)
+        metadata = drawn if "include" in drawn else None
+        return category, normalise(drawn["prompt"]), metadata
 
 
 def expand(prompt: str, config: CurateConfig, session) -> str:
@@ -125,9 +130,9 @@ def build_prompts(config: CurateConfig) -> tuple[list[dict], dict]:
     for _ in range(budget):
         if len(prompts) == config.num_items:
             break
-        category, prompt = source.draw(rng)
+        category, prompt, metadata = source.draw(rng)
         if dedup.add(prompt) is None:
-            prompts.append({"prompt": prompt, "category": category})
+            prompts.append({"prompt": prompt, "category": category, **({"metadata": metadata} if metadata else {})})
     stats = {"drawn_duplicates": dict(dedup.refused), "exhausted": len(prompts) < config.num_items}
     if config.expansion.base_url:
         from .client import make_session
@@ -155,8 +160,8 @@ def fingerprint(config: CurateConfig) -> str:
 def plan_items(prompts: list[dict], config: CurateConfig) -> list[Item]:
     """Image j of prompt p gets seed SEED + p * images_per_prompt + j (as `openblip3o generate` numbers seeds)."""
     k = config.images_per_prompt
-    return [Item(item_id(p, config.seed + p * k + j), p, rec["prompt"], rec["category"], config.seed + p * k + j)
-            for p, rec in enumerate(prompts) for j in range(k)]
+    return [Item(item_id(p, config.seed + p * k + j), p, rec["prompt"], rec["category"], config.seed + p * k + j,
+                 rec.get("metadata")) for p, rec in enumerate(prompts) for j in range(k)]
 
 
 def load_or_build_plan(config: CurateConfig, out: Path) -> tuple[list[Item], dict]:

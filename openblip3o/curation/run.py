@@ -34,6 +34,10 @@ def make_backend(config: CurateConfig, notes: Callable[[str], None] | None = Non
         from .local import LocalBackend
 
         return LocalBackend(config.local, notes=notes)
+    if config.backend == "render":
+        from .render import RenderBackend
+
+        return RenderBackend()
     return HttpBackend(config.endpoint)
 
 
@@ -126,6 +130,8 @@ def curate(config: CurateConfig, backend=None, scorer=None, notes: Callable[[str
                     item = outcome.item
                     meta = {"id": item.id, "prompt": item.prompt, "category": item.category, "source_model": source,
                             "seed": item.seed, "index": item.index, "time": time.time(), **extra}
+                    if item.metadata is not None:
+                        meta["metadata"] = item.metadata
                     writer.add(item, outcome.data, outcome.ext, meta)
                     this_run["accepted"] += 1
                 else:
@@ -144,6 +150,8 @@ def curate(config: CurateConfig, backend=None, scorer=None, notes: Callable[[str
             source = backend.source
         elif config.backend == "local":
             source = f"local:{config.local.model}"
+        elif config.backend == "render":
+            from .render import SOURCE as source
         else:
             source = config.endpoint.model or config.endpoint.base_url or ""
         writer.close()

@@ -50,4 +50,7 @@ class TrainConfig:
     loops: StageLoops = field(default_factory=StageLoops)
     short_caption_rate: float = 0.1  # generation: share of short captions among the long ones
     instruct_lora_rank: int = 0  # 0 = full fine-tuning of queries + DiT; > 0 = LoRA through peft
+    # a folder of `openblip3o curate` shards (prompt + image); None = ShapesWorld prompts drawn and rendered on the
+    # fly, weighted by a quick probe of the model (the same recipe, without the files)
+    instruct_data: str | None = None
     joint: bool = False  # train backbone and generator together with both losses (the comparison)

@@ -117,12 +117,16 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
             result = train(task, scaled(loops.generation, steps_scale), stage_dir, resume=resume, progress=progress,
                            sample_fn=getattr(task, "generation", task).sample_grid)
         else:
-            scores = _probe_scores(pipe, config.seed)
-            log(f"instruct: probe scores {scores}")
-            task = InstructTask(model, config.seed, scores, lora_rank=config.instruct_lora_rank)
+            scores = None
+            if config.instruct_data is None:  # the curated set was weighted when it was made
+                scores = _probe_scores(pipe, config.seed)
+                log(f"instruct: probe scores {scores}")
+            task = InstructTask(model, config.seed, scores, lora_rank=config.instruct_lora_rank,
+                                data=config.instruct_data)
             result = train(task, scaled(loops.instruct, steps_scale), stage_dir, resume=resume, progress=progress)
             task.finish()
-            result = {**result, "probe_scores": scores}
+            result = {**result, "probe_scores": scores, "instruct_data": config.instruct_data,
+                      "instruct_items": task.size}
         model.eval()
         _save_pipeline(pipe, out)
         model.train()

@@ -1,8 +1,10 @@
 """Instruction tuning: a small prompt-image set weighted to the categories the model is weakest at.
 
-At mini scale the set is made from ShapesWorld: GenEval-style prompts of the training split, each rendered
-exactly, drawn per tag with weight (1 - score) from the last evaluation (BLIP3o-60k targeted the base model's
-weak areas the same way). Full fine-tuning of queries + DiT, or LoRA on the DiT's attention through `peft`.
+The set is either a folder made by `openblip3o curate` (prompt + image shards; at mini scale `--backend render`
+draws each prompt exactly), or, without one, the same recipe on the fly: GenEval-style prompts of the training
+split, each rendered exactly, drawn per tag with weight (1 - score) from the last evaluation (BLIP3o-60k targeted
+the base model's weak areas the same way). Full fine-tuning of queries + DiT, or LoRA on the DiT's attention
+through `peft`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,25 @@ def tag_weights(scores: dict[str, float] | None) -> dict[str, float]:
     return {tag: max(0.0, 1.0 - scores.get(tag, 0.0)) + WEIGHT_FLOOR for tag in TAGS}
 
 
+def load_curated(path: str) -> list[tuple]:
+    """(image, prompt) pairs of a curated folder's shards, in file order; damaged members are skipped and counted
+    by the reader. An empty set is an error (nothing to tune on)."""
+    from ...data.shards import ShardReader
+
+    reader = ShardReader(path, shuffle=False)
+    pairs = [(sample.image, sample.text) for sample in reader if sample.text]
+    if not pairs:
+        raise ValueError(f"{path}: no prompt-image pairs in its shards")
+    return pairs
+
+
 class InstructTask:
     name = "instruct"
 
-    def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0):
+    def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0,
+                 data: str | None = None):
         self.model, self.seed = model, seed
+        self.curated = load_curated(data) if data is not None else None
         self.weights = tag_weights(scores)
         self.tags, self.tag_probs = list(self.weights), list(self.weights.values())
         self.prompts = PromptSampler("train")
@@ -49,8 +65,15 @@ class InstructTask:
         return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
                 "generator": self.model.generator}
 
+    @property
+    def size(self) -> int | None:
+        """Items in the curated set (None: drawn on the fly, unbounded)."""
+        return None if self.curated is None else len(self.curated)
+
     def example(self, index: int):
         rng = random.Random((self.seed << 36) + (index << 4) + INSTRUCT_STREAM)
+        if self.curated is not None:  # the set already carries its category weights
+            return self.curated[rng.randrange(len(self.curated))]
         tag = rng.choices(self.tags, self.tag_probs)[0]
         record = self.prompts.sample(tag, rng)
         return render_scene(realise(record, rng, forbid_heldout=True)), record["prompt"]
