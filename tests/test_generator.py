@@ -117,3 +117,18 @@ def test_save_load_bit_identical_and_strict(tmp_path):
     (tmp_path / "g" / "diffusion_pytorch_model.safetensors").replace(tmp_path / "w" / "diffusion_pytorch_model.safetensors")
     with pytest.raises((CheckpointError, ValueError, RuntimeError), match="(?i)mismatch|size"):
         Generator.from_pretrained(tmp_path / "w")
+
+
+def test_dtype_casts_keep_the_rotary_positions():
+    """`.to(dtype)` (as `from_pretrained(torch_dtype=...)` does) must not touch the complex rotary table: casting it
+    to a real dtype drops the rotation and leaves the DiT blind to where each token is."""
+    net = tiny_generator()
+    x0, cond = batch(2)
+    t = torch.tensor([10.0, 900.0])
+    before = net(x0, t, cond)
+    net.to(torch.float32)
+    assert net.rotary(x0.device).is_complex()
+    assert torch.equal(before, net(x0, t, cond))
+    # and the positions matter: the same tokens, their grid transposed, give a prediction that is not just transposed
+    out = net(x0.transpose(-1, -2), t, cond)
+    assert not torch.allclose(out, before.transpose(-1, -2), atol=1e-4)

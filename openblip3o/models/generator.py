@@ -48,8 +48,15 @@ class Generator(nn.Module):
         cfg = self.dit.config
         tokens = cfg.sample_size // cfg.patch_size
         # Lumina's table is position-wise, so the grid's own size gives the top-left of the usual 384x384 table.
-        rotary = get_2d_rotary_pos_embed_lumina(cfg.hidden_size // cfg.num_attention_heads, tokens, tokens)
-        self.register_buffer("rotary", rotary, persistent=False)
+        # Not a buffer: `Module.to(dtype)` casts complex buffers to the real dtype, dropping the imaginary part,
+        # which silently turns the rotary position embedding into a per-position scale (the DiT loses positions).
+        self._rotary = get_2d_rotary_pos_embed_lumina(cfg.hidden_size // cfg.num_attention_heads, tokens, tokens)
+
+    def rotary(self, device: torch.device) -> torch.Tensor:
+        """The complex rotary table (G/p, G/p, head_dim/2) on `device` (moved once, then cached)."""
+        if self._rotary.device != device:
+            self._rotary = self._rotary.to(device)
+        return self._rotary
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
                 cond_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -57,7 +64,7 @@ class Generator(nn.Module):
         if cond_mask is None:
             cond_mask = torch.ones(cond.shape[:2], dtype=torch.bool, device=cond.device)
         return self.dit(
-            x, timestep.to(x.dtype), cond.to(x.dtype), cond_mask, self.rotary, cross_attention_kwargs={},
+            x, timestep.to(x.dtype), cond.to(x.dtype), cond_mask, self.rotary(x.device), cross_attention_kwargs={},
             return_dict=False,
         )[0]
 
