@@ -158,19 +158,12 @@ def generate_dpg(pipe, prompts: dict[str, str], out_dir: str | Path, seed: int =
     from diffusers.utils import make_image_grid
     from tqdm import tqdm
 
-    from .geneval.generate import _commit, model_hash
+    from .geneval.generate import run_settings
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = pipe.config
-    settings = {
-        "benchmark": "dpg", "model": config.name, "model_hash": model_hash(pipe), "seed": seed, "n_samples": N_SAMPLES,
-        "num_inference_steps": num_inference_steps or config.sampling.num_inference_steps,
-        "guidance_scale": config.sampling.guidance_scale if guidance_scale is None else guidance_scale,
-        "decoder_num_inference_steps": decoder_num_inference_steps or config.decoder.num_inference_steps,
-        "decoder_guidance_scale": config.decoder.guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale,
-        "image_size": config.decoder.image_size, "prompts": len(prompts), "commit": _commit(),
-    }
+    settings = {"benchmark": "dpg", **run_settings(pipe, seed, len(prompts), num_inference_steps, guidance_scale,
+                                                     decoder_num_inference_steps, decoder_guidance_scale), "n_samples": N_SAMPLES}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [k for k in prompts if not (out / f"{k}.png").is_file()]
     per_batch = max(1, batch_size // N_SAMPLES)

@@ -106,19 +106,12 @@ def generate_wise(pipe, records: list[dict], out_dir: str | Path, seed: int = 42
     """One `{prompt_id}.png` per record (every image seeded `seed`); prompts already done are skipped."""
     from tqdm import tqdm
 
-    from .geneval.generate import _commit, model_hash
+    from .geneval.generate import run_settings
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = pipe.config
-    settings = {
-        "benchmark": "wise", "model": config.name, "model_hash": model_hash(pipe), "seed": seed,
-        "num_inference_steps": num_inference_steps or config.sampling.num_inference_steps,
-        "guidance_scale": config.sampling.guidance_scale if guidance_scale is None else guidance_scale,
-        "decoder_num_inference_steps": decoder_num_inference_steps or config.decoder.num_inference_steps,
-        "decoder_guidance_scale": config.decoder.guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale,
-        "image_size": config.decoder.image_size, "prompts": len(records), "commit": _commit(),
-    }
+    settings = {"benchmark": "wise", **run_settings(pipe, seed, len(records), num_inference_steps, guidance_scale,
+                                                     decoder_num_inference_steps, decoder_guidance_scale)}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [r for r in records if not (out / f"{r['prompt_id']}.png").is_file()]
     for first in tqdm(range(0, len(todo), batch_size), desc="wise", unit="batch", disable=not progress):

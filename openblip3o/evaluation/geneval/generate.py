@@ -42,6 +42,21 @@ def _finished(out: Path, index: int, n_samples: int) -> bool:
     return all(sample_path(out, index, j).is_file() for j in range(n_samples))
 
 
+def run_settings(pipe, seed: int, prompts: int, num_inference_steps: int | None, guidance_scale: float | None,
+                 decoder_num_inference_steps: int | None, decoder_guidance_scale: float | None) -> dict:
+    """What a benchmark run was made with (written beside its images): model, hash, seed, the sampling settings
+    resolved against the model's defaults, image size, prompt count and the code's commit."""
+    config = pipe.config
+    return {
+        "model": config.name, "model_hash": model_hash(pipe), "seed": seed,
+        "num_inference_steps": num_inference_steps or config.sampling.num_inference_steps,
+        "guidance_scale": config.sampling.guidance_scale if guidance_scale is None else guidance_scale,
+        "decoder_num_inference_steps": decoder_num_inference_steps or config.decoder.num_inference_steps,
+        "decoder_guidance_scale": config.decoder.guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale,
+        "image_size": config.decoder.image_size, "prompts": prompts, "commit": _commit(),
+    }
+
+
 def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: int = 4, batch_size: int = 16,
                     seed: int = 42, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                     decoder_num_inference_steps: int | None = None, decoder_guidance_scale: float | None = None,
@@ -49,15 +64,8 @@ def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: i
     """Write `n_samples` images per record; prompts already complete are skipped. Returns the settings."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = pipe.config
-    settings = {
-        "model": config.name, "model_hash": model_hash(pipe), "seed": seed, "n_samples": n_samples,
-        "num_inference_steps": num_inference_steps or config.sampling.num_inference_steps,
-        "guidance_scale": config.sampling.guidance_scale if guidance_scale is None else guidance_scale,
-        "decoder_num_inference_steps": decoder_num_inference_steps or config.decoder.num_inference_steps,
-        "decoder_guidance_scale": config.decoder.guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale,
-        "image_size": config.decoder.image_size, "prompts": len(records), "commit": _commit(),
-    }
+    settings = {**run_settings(pipe, seed, len(records), num_inference_steps, guidance_scale,
+                               decoder_num_inference_steps, decoder_guidance_scale), "n_samples": n_samples}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [(i, j) for i in range(len(records)) if not _finished(out, i, n_samples) for j in range(n_samples)]
     bar = tqdm(total=len(todo), desc="generating", unit="img", disable=not progress)
