@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -36,7 +37,7 @@ def test_budget_probe_fits_overhead_and_slope(tmp_path, monkeypatch):
     clock = [0.0]
     overhead_s, seconds_per_scale = 5.0, 1000.0
 
-    def fake_train(tag, model_config, out, scale, seed, log, between=None, train_config=None):
+    def fake_train(tag, model_config, out, scale, seed, log, between=None, train_config=None, start=None):
         clock[0] += overhead_s + seconds_per_scale * scale
         return {}
 
@@ -69,3 +70,29 @@ def test_tiny_study_writes_results_and_report(tmp_path):
 def test_study_command_rejects_unknown_variants(tmp_path):
     result = CliRunner().invoke(app, ["study", "--variants", "clip-flow,nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "unknown study variant 'nope'" in result.output
+
+
+def test_init_starts_every_variant_from_one_backbone_and_trains_only_generation(tmp_path):
+    from safetensors.torch import load_file
+
+    from openblip3o.inference.pipeline import BLIP3oPipeline
+
+    init = BLIP3oPipeline.from_preset("mini", tiny_config())
+    init.save_pretrained(tmp_path / "init")
+    cfg = StudyConfig(steps_scale=0.0005, prompts_per_tag=1, n_samples=2, num_inference_steps=2,
+                      decoder_num_inference_steps=2, vqa_scenes=3, variants=("clip-mse", "vae-flow"),
+                      init=str(tmp_path / "init"))
+    results = run_study(cfg, tmp_path / "run", model_base=tiny_config(), log=lambda *_: None, train_config=TINY_LOOPS)
+    for tag, row in results["variants"].items():
+        assert row["stage_minutes"]["understanding"] == 0.0  # reused, not retrained
+        assert row["stage_minutes"]["generation"] > 0.0
+        trained = BLIP3oPipeline.from_pretrained(tmp_path / "run" / "variants" / tag / "pipeline").model
+        for name, value in init.model.backbone.model.state_dict().items():  # frozen during generation
+            assert torch.equal(trained.backbone.model.state_dict()[name], value), name
+    clip = BLIP3oPipeline.from_pretrained(tmp_path / "run" / "variants" / "clip-mse" / "pipeline").model
+    for name, value in init.model.target_encoder.state_dict().items():
+        assert torch.equal(clip.target_encoder.state_dict()[name], value), name
+    assert (tmp_path / "run" / "shared" / "vae" / "autoencoder" / "done.json").is_file()
+    assert results["variants"]["vae-flow"]["stage_minutes"]["autoencoder"] == 0.0
+    assert not load_file(next((tmp_path / "init" / "generator").glob("*.safetensors"))).keys().isdisjoint(
+        load_file(next((tmp_path / "run" / "variants" / "clip-mse" / "pipeline" / "generator").glob("*.safetensors"))))

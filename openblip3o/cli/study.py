@@ -33,6 +33,10 @@ def study(
     vqa_scenes: int = typer.Option(100, "--vqa-scenes", help="Held-out scenes for VQA accuracy."),
     variants: str = typer.Option(None, "--variants", help="Comma-separated subset of the variants (default: all five)."),
     seed: int = typer.Option(0, "--seed", help="Training and sampling seed."),
+    init: str = typer.Option(
+        None, "--init",
+        help="Start every variant from this trained pipeline's backbone and autoencoders (a folder, or 'mini' for "
+             "the shipped model); only generation (or joint) training is then spent per variant."),
 ):
     """Train {clip, vae} x {flow_matching, mse} (sequential) and clip+flow joint; report GenEval, diversity, FD, VQA."""
     from ..evaluation.study import VARIANTS, StudyConfig, run_study
@@ -43,7 +47,8 @@ def study(
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else tuple(VARIANTS)
     cfg = StudyConfig(preset=preset, budget_minutes=budget_minutes, steps_scale=steps_scale, probe_scale=probe_scale,
                       prompts_per_tag=prompts_per_tag, n_samples=n_samples, num_inference_steps=steps,
-                      decoder_num_inference_steps=decoder_steps, vqa_scenes=vqa_scenes, seed=seed, variants=chosen)
+                      decoder_num_inference_steps=decoder_steps, vqa_scenes=vqa_scenes, seed=seed, variants=chosen,
+                      init=init)
     results = run_study(cfg, out, log=lambda line: typer.echo(line, err=True))
     command = "openblip3o " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = write_report(results, out, doc, images, command=command)

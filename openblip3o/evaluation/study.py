@@ -33,6 +33,7 @@ from ..config import ModelConfig, merge
 from ..data.shapes import evaluation_set
 from ..data.shapes.prompts import TAGS
 from .geneval.layout import sample_path
+from .study_start import StartFrom
 
 # tag -> (model overrides, joint training)
 VARIANTS: dict[str, tuple[dict, bool]] = {
@@ -42,6 +43,7 @@ VARIANTS: dict[str, tuple[dict, bool]] = {
     "vae-mse": ({"target": {"kind": "vae"}, "objective": {"name": "mse"}}, False),
     "clip-flow-joint": ({"target": {"kind": "clip"}, "objective": {"name": "flow_matching"}}, True),
 }
+SHARED_DIR = "shared"  # with --init: the target VAE of the vae variants, trained once for both
 REFERENCE_VARIANT = "clip-flow"  # its target encoder is the FD feature space; its VQA is the joint run's baseline
 SEQUENTIAL_FIRST = ["autoencoder", "understanding"]
 SEQUENTIAL_SECOND = ["generation"]
@@ -67,6 +69,7 @@ class StudyConfig:
     batch_size: int = 16
     seed: int = 0
     variants: tuple[str, ...] = tuple(VARIANTS)
+    init: str | None = None  # a trained pipeline (folder or "mini"): its backbone and autoencoders are reused
 
     def __post_init__(self):
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -92,12 +95,15 @@ def study_prompts(per_tag: int) -> list[dict]:
 
 # --- training ----------------------------------------------------------------------------------------------------
 def _train(tag: str, model_config: ModelConfig, out: Path, scale: float, seed: int, log, between=None,
-           train_config=None) -> dict:
+           train_config=None, start=None) -> dict:
     """Train one variant; `between(pipe_dir)` runs after understanding (sequential only). Returns stage minutes.
-    `train_config` replaces the default loops (tests); its seed and joint flag are set here."""
+    `train_config` replaces the default loops (tests); its seed and joint flag are set here. `start(out)`, when
+    given, writes the variant's starting pipeline and marks the stages it replaces done (see `StartFrom`)."""
     from ..training.config import TrainConfig
     from ..training.run import run_training
 
+    if start is not None:
+        start(out)
     joint = VARIANTS[tag][1]
     settings = dataclasses.replace(train_config or TrainConfig(), seed=seed, joint=joint)
     quiet = dict(steps_scale=scale, progress=False, log=log, model_config=model_config)
@@ -112,7 +118,7 @@ def _train(tag: str, model_config: ModelConfig, out: Path, scale: float, seed: i
 
 
 def probe_steps_scale(tag: str, model_config: ModelConfig, work: Path, budget_minutes: float, probe_scale: float,
-                      seed: int, log, train_config=None) -> dict:
+                      seed: int, log, train_config=None, start=None) -> dict:
     """The step scale whose training takes `budget_minutes`: time(scale) = overhead + slope x scale, fitted on
     two probe runs (at probe_scale and 2 x probe_scale). Cached in `work/probe.json`."""
     cache = work / PROBE_FILE
@@ -121,7 +127,8 @@ def probe_steps_scale(tag: str, model_config: ModelConfig, work: Path, budget_mi
     times = []
     for n, scale in enumerate((probe_scale, 2 * probe_scale)):
         began = time.perf_counter()
-        _train(tag, model_config, work / f"probe{n}", scale, seed, log=lambda *_: None, train_config=train_config)
+        _train(tag, model_config, work / f"probe{n}", scale, seed, log=lambda *_: None, train_config=train_config,
+               start=start)
         times.append(time.perf_counter() - began)
         shutil.rmtree(work / f"probe{n}", ignore_errors=True)
     slope = (times[1] - times[0]) / probe_scale
@@ -169,7 +176,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():
         ridge = np.eye(cov_a.shape[0]) * FD_EPS
         root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
@@ -208,27 +215,36 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, model_base: ModelConfig | N
     variants = {t: r for t, r in previous.get("variants", {}).items() if t in cfg.variants}
     mode = "equal wall-clock" if cfg.budget_minutes else "equal steps"
     began = time.perf_counter()
+    init_vqa = None
     for tag in cfg.variants:
         if tag in variants:
             log(f"{tag}: already measured, skipped")
             continue
         work = out / "variants" / tag
         model_config = variant_config(base, tag)
+        start = None
+        if cfg.init is not None:
+            start = StartFrom(cfg.init, cfg.preset, model_config, out / SHARED_DIR, cfg.seed, log, train_config)
         probe = None
         scale = cfg.steps_scale
         if cfg.budget_minutes:
             probe = probe_steps_scale(tag, model_config, work, cfg.budget_minutes, cfg.probe_scale, cfg.seed, log,
-                                      train_config)
+                                      train_config, start)
             scale = probe["steps_scale"]
         vqa_before: dict = {}
+        if cfg.init is not None:  # sequential and joint alike start from the init backbone's understanding
+            if init_vqa is None:
+                init_vqa = vqa_heldout(BLIP3oPipeline.from_pretrained(cfg.init), num=cfg.vqa_scenes, seed=cfg.seed)
+            vqa_before.update(init_vqa)
 
         def after_understanding(pipe_dir: Path) -> None:
-            vqa_before.update(vqa_heldout(BLIP3oPipeline.from_pretrained(pipe_dir), num=cfg.vqa_scenes, seed=cfg.seed))
+            if cfg.init is None:
+                vqa_before.update(vqa_heldout(BLIP3oPipeline.from_pretrained(pipe_dir), num=cfg.vqa_scenes, seed=cfg.seed))
 
         log(f"{tag}: training at steps scale {scale:.4f} ({mode})")
         train_began = time.perf_counter()
         stage_minutes = _train(tag, model_config, work, scale, cfg.seed, log, between=after_understanding,
-                               train_config=train_config)
+                               train_config=train_config, start=start)
         train_minutes = (time.perf_counter() - train_began) / 60
         pipe = BLIP3oPipeline.from_pretrained(work / "pipeline")
         vqa_after = vqa_heldout(pipe, num=cfg.vqa_scenes, seed=cfg.seed)

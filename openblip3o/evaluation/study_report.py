@@ -168,6 +168,10 @@ def write_report(results: dict, study_dir: str | Path, doc_path: str | Path, ima
         f"Command: `{command}`. Compute: **{results['compute']}** — {budget}. Hardware: {hw['cpus']} CPUs "
         f"({hw['processor']}), {hw['torch_threads']} torch threads, CUDA {'yes' if hw['cuda'] else 'no'}, torch "
         f"{hw['torch']}. Preset `{cfg['preset']}`, seed {cfg['seed']}.", "",
+        *([f"Start: every variant begins from `{cfg['init']}`'s backbone (understanding already trained) and, for "
+           f"the clip variants, its target encoder and decoder; the vae variants share one target VAE trained with "
+           f"the preset's full autoencoder loop. Queries, projector and DiT start fresh; the budget is spent on "
+           f"generation (sequential: backbone frozen) or joint training only.", ""] if cfg.get("init") else []),
         f"Evaluation: mini GenEval on {results['prompts']} held-out prompts ({cfg['prompts_per_tag']} per tag) × "
         f"{cfg['n_samples']} samples; diversity = mean pairwise absolute pixel difference among one prompt's samples "
         f"(0–1); FD = Fréchet distance to ground-truth renders of the same prompts in the mini CLIP space (target "
