@@ -96,3 +96,25 @@ def test_init_starts_every_variant_from_one_backbone_and_trains_only_generation(
     assert results["variants"]["vae-flow"]["stage_minutes"]["autoencoder"] == 0.0
     assert not load_file(next((tmp_path / "init" / "generator").glob("*.safetensors"))).keys().isdisjoint(
         load_file(next((tmp_path / "run" / "variants" / "clip-mse" / "pipeline" / "generator").glob("*.safetensors"))))
+
+
+def test_shared_vae_is_trained_before_the_budget_probes_time_anything(tmp_path, monkeypatch):
+    """A probe that also trained the shared VAE would fold its minutes into the fit and starve the vae variants."""
+    from openblip3o.evaluation.study_start import StartFrom
+
+    class Stop(Exception):
+        pass
+
+    events = []
+    monkeypatch.setattr(StartFrom, "shared_vae", lambda self: events.append("shared VAE"))
+
+    def probe(tag, *args, **kwargs):
+        events.append(f"probe {tag}")
+        raise Stop
+
+    monkeypatch.setattr(study, "probe_steps_scale", probe)
+    cfg = StudyConfig(budget_minutes=1.0, prompts_per_tag=1, n_samples=2, vqa_scenes=3, variants=("vae-flow",),
+                      init=str(tmp_path / "init"))
+    with pytest.raises(Stop):
+        run_study(cfg, tmp_path / "run", model_base=tiny_config(), log=lambda *_: None, train_config=TINY_LOOPS)
+    assert events == ["shared VAE", "probe vae-flow"]

@@ -225,6 +225,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, model_base: ModelConfig | N
         start = None
         if cfg.init is not None:
             start = StartFrom(cfg.init, cfg.preset, model_config, out / SHARED_DIR, cfg.seed, log, train_config)
+            start.prepare()  # shared parts are trained before the probes, so no probe times them
         probe = None
         scale = cfg.steps_scale
         if cfg.budget_minutes:

@@ -57,6 +57,11 @@ class StartFrom:
             (out / stage / DONE).write_text(json.dumps(
                 {"stage": stage, "minutes": 0.0, "result": {"from": str(self.init)}}, indent=2) + "\n")
 
+    def prepare(self) -> None:
+        """Train what the variants share (the vae variants' target VAE) now, outside any timed run."""
+        if self.model_config.target.kind != "clip":
+            self.shared_vae()
+
     def shared_vae(self) -> torch.nn.Module:
         """The vae variants' target VAE, trained once in `shared_dir/vae` (resumable) and read back after."""
         from ..inference.pipeline import BLIP3oPipeline
