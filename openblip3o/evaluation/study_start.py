@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from ..config import ModelConfig
+from ..inference.pipeline import BLIP3oPipeline
+from ..training.config import TrainConfig
+from ..training.run import DONE, PIPELINE, run_training, save_pipeline
 
-DONE = "done.json"
-PIPELINE = "pipeline"
 REPLACED_STAGES = ("autoencoder", "understanding")
 
 
@@ -34,8 +35,6 @@ class StartFrom:
         self.shared_dir, self.seed, self.log, self.train_config = Path(shared_dir), seed, log, train_config
 
     def __call__(self, out: Path) -> None:
-        from ..inference.pipeline import BLIP3oPipeline
-
         out = Path(out)
         if (out / PIPELINE / "model_index.json").is_file():
             return
@@ -51,7 +50,7 @@ class StartFrom:
         else:
             model.target_encoder = self.shared_vae()
         model.eval()
-        pipe.save_pretrained(out / PIPELINE)
+        save_pipeline(pipe, out)
         for stage in REPLACED_STAGES:
             (out / stage).mkdir(parents=True, exist_ok=True)
             (out / stage / DONE).write_text(json.dumps(
@@ -64,10 +63,6 @@ class StartFrom:
 
     def shared_vae(self) -> torch.nn.Module:
         """The vae variants' target VAE, trained once in `shared_dir/vae` (resumable) and read back after."""
-        from ..inference.pipeline import BLIP3oPipeline
-        from ..training.config import TrainConfig
-        from ..training.run import run_training
-
         work = self.shared_dir / "vae"
         if not (work / "autoencoder" / DONE).is_file():
             self.log(f"study: training the shared target VAE in {work}")

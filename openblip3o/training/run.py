@@ -41,7 +41,8 @@ def scaled(loop: LoopConfig, scale: float) -> LoopConfig:
                                checkpoint_every=min(loop.checkpoint_every, steps))
 
 
-def _save_pipeline(pipe: BLIP3oPipeline, out: Path) -> None:
+def save_pipeline(pipe: BLIP3oPipeline, out: Path) -> None:
+    """`out/pipeline`, written to a temporary folder and renamed, so an interrupted save leaves the old one."""
     tmp = out / f".{PIPELINE}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp)
@@ -128,7 +129,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
             result = {**result, "probe_scores": scores, "instruct_data": config.instruct_data,
                       "instruct_items": task.size}
         model.eval()
-        _save_pipeline(pipe, out)
+        save_pipeline(pipe, out)
         model.train()
         result = {"stage": stage, "minutes": (time.perf_counter() - began) / 60, "result": result}
         (stage_dir / DONE).write_text(json.dumps(result, indent=2) + "\n")
