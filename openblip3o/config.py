@@ -30,6 +30,14 @@ class BackboneConfig:
     max_prompt_tokens: int = 128
     num_queries: int = 64
     projector: str = "linear"  # "linear" | "identity": maps query states to the condition
+    # The queries' initial scale: None = BLIP3-o's unscaled randn (norm ~sqrt(hidden), far above trained token
+    # embeddings); a float = randn rescaled to that multiple of the token embeddings' standard deviation, so the
+    # queries do not drown the prompt they must read.
+    query_init_scale: float | None = None
+    # "none" | "standardize": standardise the query states per (query, channel) with statistics fitted once on
+    # training captions, before the projector. A frozen backbone's query states share most of their value across
+    # prompts; this removes the shared part so the DiT sees what differs. BLIP3-o: "none".
+    condition_norm: str = "none"
     freeze: bool = True  # generation training keeps the backbone frozen (sequential recipe)
 
 
@@ -44,6 +52,9 @@ class GeneratorConfig:
     num_kv_heads: int = 6
     multiple_of: int = 256
     norm_eps: float = 1e-5
+    # Initial value of each block's cross-attention gate (the output is scaled by tanh(gate)). Lumina-Next starts
+    # at 0, so the condition reaches the image tokens only once the gates have learned to open.
+    cross_attention_gate_init: float = 0.0
 
 
 @dataclass
@@ -106,6 +117,7 @@ class ModelConfig:
         check_choice("target.kind", self.target.kind, ("clip", "vae"))
         check_choice("target.encoder", self.target.encoder, ("clip", "siglip", "eva_clip"))
         check_choice("backbone.projector", self.backbone.projector, ("linear", "identity"))
+        check_choice("backbone.condition_norm", self.backbone.condition_norm, ("none", "standardize"))
         check_choice("backbone.tokenizer", self.backbone.tokenizer, ("shapes", "pretrained"))
         check_choice("decoder.uncond", self.decoder.uncond, ("zeros", "empty_prompt"))
 

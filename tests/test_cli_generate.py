@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from openblip3o import BLIP3oPipeline
 from openblip3o.cli import app
 from openblip3o.serving.model import model_id_for
+from openblip3o.utils.images import LABEL_LINE_HEIGHT, LABEL_PADDING
 
 runner = CliRunner()
 FAST = ["--steps", "2", "--decoder-steps", "2"]
@@ -45,10 +46,15 @@ def test_generate_writes_n_images_per_prompt_and_a_reproducible_grid(saved, tmp_
     assert result.exit_code == 0, result.output
     assert result.stdout.split() == [str(tmp_path / "grid.png")]
     grid = Image.open(tmp_path / "grid.png").convert("RGB")
-    assert grid.size == (128, 128)  # a row per prompt, --n columns
-    # Same seed, same images: the grid's bottom-right cell is the second prompt's second image.
-    cell = np.asarray(grid.crop((64, 64, 128, 128)), dtype=int)
-    assert np.abs(cell - np.asarray(images[3], dtype=int)).max() <= 1
+    tile, band = 128, LABEL_LINE_HEIGHT + 2 * LABEL_PADDING
+    assert grid.size == (2 * tile, 2 * (band + tile))  # a row per prompt under its label, --n columns
+    # Same seed, same images: the grid's bottom-right cell is the second prompt's second image (scaled 2x, nearest).
+    cell = grid.crop((tile, 2 * band + tile, 2 * tile, 2 * (band + tile))).resize((64, 64), Image.NEAREST)
+    assert np.abs(np.asarray(cell, dtype=int) - np.asarray(images[3], dtype=int)).max() <= 1
+    # Each row's label band carries text (dark pixels); the image rows start below it.
+    for row in range(2):
+        label = np.asarray(grid.crop((0, row * (band + tile), 2 * tile, row * (band + tile) + band)), dtype=int)
+        assert (label < 128).any(), f"row {row} has no prompt label"
 
 
 def test_ask_prints_the_pipelines_answer(saved, tmp_path):

@@ -1,5 +1,6 @@
 """The trained mini default that ships inside the package: it loads with no download and no warning, fits the size
-budget, and really works — it answers held-out questions, reconstructs held-out scenes and draws recognisable shapes.
+budget, and really works — it answers held-out questions, reconstructs held-out scenes, draws recognisable shapes
+and follows its prompt (same seed, one word changed: the image changes as the word does).
 
 Thresholds sit well below what the shipped model measured on the full held-out sets (README, "The shipped default"),
 on small samples so the test stays fast; a model that is random, broken on loading or mis-cast fails them.
@@ -7,24 +8,29 @@ on small samples so the test stays fast; a model that is random, broken on loadi
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from openblip3o import BLIP3oPipeline
 from openblip3o.data.shapes import ShapesWorld
+from openblip3o.data.shapes.prompts import record
 from openblip3o.evaluation.geneval.detector import detect
+from openblip3o.evaluation.geneval.rules import evaluate
 from openblip3o.evaluation.reconstruct import reconstruct_heldout
 from openblip3o.evaluation.vqa import vqa_heldout
 from openblip3o.inference.pipeline import SHIPPED_WEIGHTS
+from openblip3o.training.prompt_check import CHECK_COLOURS, colour_accuracy, colour_records
 
 MAX_SHIPPED_BYTES = 50 * 2**20
 VQA_SCENES, MIN_VQA = 30, 0.45
 RECON_SCENES, MIN_RECON = 24, 0.5
 PROMPTS = ["a photo of a red circle", "a photo of a green square", "a photo of a yellow star", "a photo of a blue cross"]
-# Of 16 images, how many show at least one clean flat-coloured shape the scorer recognises (measured: 13). The model
-# does not yet follow colour words (0 of these 16 have the asked colour; README, "The shipped default"), so colour
-# is not asserted here.
+# Of 16 images, how many show at least one clean flat-coloured shape the scorer recognises.
 MIN_WITH_OBJECTS = 8
+MIN_COLOUR_HITS = 7  # of the 8 colour prompts of the training-time prompt check
+SHAPE_SWAP = ("square", "star")
+SEEDS, FOREGROUND, MIN_AREA_RATIO = 4, 60, 2.0  # count test: per seed, foreground pixels (channel > 60) at least 2x  # "a photo of a red square" vs "... red star", same seed
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +66,40 @@ def test_draws_recognisable_shapes(shipped):
     assert ShapesWorld("heldout", 0)[0].image.size == images[0].size
     with_objects = sum(bool(detect(image)[0]) for image in images)
     assert with_objects >= MIN_WITH_OBJECTS, with_objects
+
+
+# The shipped model does not follow colour or shape words yet (colour check 1/8 at seed 0; README, "The shipped
+# default"): these are the issue's targets, kept as strict expected failures so the day they pass, CI says so.
+NOT_YET = pytest.mark.xfail(strict=True, reason="the shipped generator follows counts, not yet colour or shape words")
+
+
+@NOT_YET
+def test_follows_colour_words_at_one_seed(shipped):
+    """8 colour prompts of seen colour-shape pairs, one shared seed: a prompt-blind model draws one image for all
+    of them and scores 1/8; the shipped model must get at least 7 right (forward passes only)."""
+    accuracy, _ = colour_accuracy(shipped.model.eval(), colour_records())
+    assert accuracy >= MIN_COLOUR_HITS / len(CHECK_COLOURS), accuracy
+
+
+@NOT_YET
+def test_a_different_shape_word_draws_a_different_shape(shipped):
+    records = [record("colors", [{"class": shape, "count": 1, "color": "red"}]) for shape in SHAPE_SWAP]
+    gens = [torch.Generator().manual_seed(0) for _ in records]
+    images = shipped([r["prompt"] for r in records], generator=gens, progress=False).images
+    found = [[obj.shape for obj in detect(image)[0]] for image in images]
+    assert found[0] != found[1], found
+    assert all(evaluate(r, detect(im)[0])[0] for r, im in zip(records, images)), found
+
+
+@pytest.mark.parametrize("single, several", [("a photo of a circle", "a photo of four circles"),
+                                             ("a photo of a star", "a photo of three stars")])
+def test_a_count_word_changes_the_image_at_the_same_seed(shipped, single, several):
+    """Same seeds, one word changed: the several-object prompt draws more shape (measured 3.5-8x the foreground
+    area per seed). The model shipped on 2026-12-02 drew the same image whatever the prompt and fails this."""
+    def areas(prompt):
+        images = shipped([prompt], num_images_per_prompt=SEEDS, progress=False,
+                         generator=[torch.Generator().manual_seed(i) for i in range(SEEDS)]).images
+        return [int((np.asarray(im).max(axis=2) > FOREGROUND).sum()) for im in images]
+
+    one, many = areas(single), areas(several)
+    assert all(m > MIN_AREA_RATIO * o for o, m in zip(one, many)), (one, many)

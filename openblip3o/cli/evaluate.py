@@ -1,4 +1,4 @@
-"""`openblip3o eval ...`: the mini GenEval scorer and VQA accuracy."""
+"""`openblip3o eval ...`: the mini GenEval scorer, VQA accuracy, benchmark generation, and the condition probe."""
 
 from __future__ import annotations
 
@@ -237,3 +237,32 @@ def vqa_heldout_command(
     for kind, value in result["by_type"].items():
         typer.echo(f"{kind:<10} {value:.4f}")
     typer.echo(f"{'accuracy':<10} {result['accuracy']:.4f}   ({result['questions']} questions)")
+
+
+@app.command()
+@user_errors
+def condition(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(256, "--num", help="About how many prompts per probe (all of a smaller prompt space)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the prompt split, the pair samples and the generator's noise."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: probe, pair_difference, generator, prompts."),
+):
+    """How much of the prompt the generator's condition carries: linear probes, pair differences, DiT sensitivity."""
+    from ..evaluation.condition import KINDS, chance_levels, condition_report
+
+    if num < 1 or batch_size < 1:
+        raise ValueError("--num and --batch-size must be at least 1")
+    report = condition_report(_pipeline(model), num=num, seed=seed, batch_size=batch_size)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    chance = chance_levels()
+    typer.echo(f"{'word':<10} {'probe':>7} {'chance':>7} {'pair diff':>10}")
+    for kind in KINDS:
+        probe, difference = report["probe"][kind], report["pair_difference"][kind]
+        typer.echo(f"{kind:<10} {probe:7.4f} {chance[kind]:7.4f} {difference:10.4f}")
+    generator = report["generator"]
+    typer.echo(f"generator  prompt swap {generator['prompt_swap']:.4f}   "
+               f"zero condition {generator['zero_condition']:.4f}")
+    typer.echo(f"({report['prompts']} prompts through the backbone)")

@@ -32,18 +32,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:SLUG_CHARS].rstrip("-") or "image"
 
 
-def image_grid(images: list, columns: int):
-    """Images (all one size) tiled row by row, `columns` per row."""
-    from PIL import Image
-
-    width, height = images[0].size
-    rows = -(-len(images) // columns)
-    grid = Image.new("RGB", (columns * width, rows * height))
-    for index, image in enumerate(images):
-        grid.paste(image, ((index % columns) * width, (index // columns) * height))
-    return grid
-
-
 def output_paths(out: Path, prompts: list[str], n: int, grid: bool) -> list[Path]:
     """Where the images go. A path with an image suffix names one file (the grid, or the only image; several images
     get `-000`, `-001`, ... before the suffix); anything else is a folder of `PPP-slug-K.png` files."""
@@ -98,7 +86,9 @@ def generate(
                   generator=[torch.Generator().manual_seed(seed + i) for i in range(len(prompts) * n)],
                   output_type="pil", progress=True).images
     if grid:
-        images = [image_grid(images, n)]
+        from ..utils.images import prompt_rows
+
+        images = [prompt_rows(images, prompts, n)]  # each row's prompt above it
     for path, image in zip(paths, images):
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path)

@@ -24,7 +24,8 @@ from transformers import (
 from transformers.utils import is_torchvision_available
 
 from ..config import BackboneConfig, ConfigError
-from .template import generation_inputs, understanding_inputs
+from .condition_norm import ConditionStandardizer
+from .template import generation_inputs, language_inputs, understanding_inputs
 from .tokenizer import (
     GEN_QUERY,
     IM_END,
@@ -41,6 +42,7 @@ from .tokenizer import (
 QUERIES_FILE = "queries.safetensors"  # the learnable queries and the projector, beside the HF model files
 QUERIES_KEY = "queries"
 PROJECTOR_PREFIX = "projector."
+CONDITION_NORM_PREFIX = "condition_norm."
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file or sharded
 # What `save_pretrained` writes and `from_pretrained` requires (one of WEIGHTS_FILES as well).
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", QUERIES_FILE)
@@ -171,8 +173,15 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.processor = BackboneProcessor(image_processor=image_processor, tokenizer=tokenizer)
         hidden = model.config.text_config.hidden_size
-        self.queries = nn.Parameter(torch.randn(1, cfg.num_queries, hidden))
+        queries = torch.randn(1, cfg.num_queries, hidden)
+        if cfg.query_init_scale is not None:
+            queries *= cfg.query_init_scale * model.get_input_embeddings().weight.detach().float().std()
+        self.queries = nn.Parameter(queries)
         self.projector = nn.Linear(hidden, hidden) if cfg.projector == "linear" else nn.Identity()
+        # Per (query, channel) statistics over training captions, fitted once (see condition_norm.py).
+        self.condition_norm = (
+            ConditionStandardizer(cfg.num_queries, hidden) if cfg.condition_norm == "standardize" else nn.Identity()
+        )
         # generate() stops at <|im_end|> and pads with <|endoftext|>, looked up by name.
         model.generation_config.eos_token_id = token_id(tokenizer, IM_END)
         model.generation_config.pad_token_id = token_id(tokenizer, PAD_TOKEN)
@@ -244,11 +253,13 @@ class Backbone(nn.Module):
             )
         with torch.no_grad():
             self.queries.copy_(found[QUERIES_KEY])
-            self.projector.load_state_dict({k[len(PROJECTOR_PREFIX) :]: found[k] for k in found if k != QUERIES_KEY})
+            for prefix, module in ((PROJECTOR_PREFIX, self.projector), (CONDITION_NORM_PREFIX, self.condition_norm)):
+                module.load_state_dict({k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)})
 
     def _queries_state(self) -> dict[str, torch.Tensor]:
         state = {QUERIES_KEY: self.queries}
         state |= {PROJECTOR_PREFIX + k: v for k, v in self.projector.state_dict().items()}
+        state |= {CONDITION_NORM_PREFIX + k: v for k, v in self.condition_norm.state_dict().items()}
         return state
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -284,7 +295,12 @@ class Backbone(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- generation path
     def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Query states for B prompts: (B, N, D) condition and its (B, N) long mask (all ones).
+        """The DiT's condition for B prompts: (B, N, D) normalised, projected query states and the (B, N) mask."""
+        states, mask = self.query_states(prompts)
+        return self.projector(self.condition_norm(states)), mask
+
+    def query_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw final states at the query positions for B prompts: (B, N, hidden) and the (B, N) long mask (all ones).
 
         Runs the base model only (`self.model.model`: no lm_head, no vocabulary logits). Position ids count only real
         tokens, so a left-padded row gets the positions it would have alone (transformers would otherwise number the
@@ -307,9 +323,16 @@ class Backbone(nn.Module):
             position_ids=position_ids,
             use_cache=False,
         )
-        states = out.last_hidden_state[:, -n:]  # (B, N, hidden), after the final RMSNorm
-        # The projector keeps the queries' dtype (float32) even when the model runs in bf16.
-        return self.projector(states.to(self.queries.dtype)), attention_mask[:, -n:]
+        states = out.last_hidden_state[:, -n:].to(self.queries.dtype)  # (B, N, hidden), after the final RMSNorm
+        # The norm and projector keep the queries' dtype (float32) even when the model runs in bf16.
+        return states, attention_mask[:, -n:]
+
+    @torch.no_grad()
+    def fit_condition_norm(self, prompt_batches) -> None:
+        """Fit the condition norm's statistics on the raw query states of `prompt_batches` (lists of captions)."""
+        if not isinstance(self.condition_norm, ConditionStandardizer):
+            return
+        self.condition_norm.fit(torch.cat([self.query_states(list(prompts))[0] for prompts in prompt_batches]))
 
     # ----------------------------------------------------------------------------------------------- understanding
     def _prepare_images(self, images, questions, answers=None) -> list[Image.Image]:
@@ -345,6 +368,17 @@ class Backbone(nn.Module):
         output = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         new_tokens = output[:, batch["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
         return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def language_loss(self, captions: list[str]) -> torch.Tensor:
+        """Mean next-token cross-entropy over every real token of the captions in the generation template (scalar).
+
+        The mini counterpart of an LLM's pretraining: it teaches the states after a prompt to carry what it says,
+        which the frozen-backbone generation path relies on. Full vocabulary logits are needed here (it is a loss
+        over tokens), unlike on the generation path.
+        """
+        batch = self._to_device(language_inputs(self.tokenizer, list(captions), self.cfg.max_prompt_tokens))
+        position_ids = (batch["attention_mask"].cumsum(dim=-1) - 1).clamp(min=0)  # left padding, as in condition()
+        return self.model(**batch, position_ids=position_ids, use_cache=False).loss
 
     def understanding_loss(self, images: list[Image.Image], questions: list[str], answers: list[str]) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens and their closing <|im_end|> (scalar)."""

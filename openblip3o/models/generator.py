@@ -42,6 +42,9 @@ class Generator(nn.Module):
             qk_norm=True,
             cross_attention_dim=condition_dim,
         )
+        with torch.no_grad():
+            for layer in self.dit.layers:
+                layer.gate.fill_(config.cross_attention_gate_init)
         self._init_rotary()
 
     def _init_rotary(self) -> None:

@@ -91,6 +91,13 @@ def generation_inputs(tokenizer, prompts: list[str], num_queries: int, max_lengt
         raise ValueError("prompts is empty: give at least one caption")
     if num_queries < 1:
         raise ValueError(f"num_queries must be >= 1, got {num_queries}")
+    queries = [token_id(tokenizer, GEN_QUERY)] * num_queries
+    rows = [row + queries for row in _generation_rows(tokenizer, prompts, max_length)]
+    return _left_pad(rows, token_id(tokenizer, PAD_TOKEN))
+
+
+def _generation_rows(tokenizer, prompts: list[str], max_length: int) -> list[list[int]]:
+    """Templated prompts up to and including GEN_START, user text truncated to fit `max_length` (+ GEN_START)."""
     prefix, suffix = _chat_prefix_suffix(tokenizer)
     budget = max_length - len(prefix) - len(suffix)
     if budget < 1:
@@ -98,9 +105,22 @@ def generation_inputs(tokenizer, prompts: list[str], num_queries: int, max_lengt
             f"max_length {max_length} leaves no room for the caption: the chat template alone takes "
             f"{len(prefix) + len(suffix)} tokens"
         )
-    tail = [token_id(tokenizer, GEN_START)] + [token_id(tokenizer, GEN_QUERY)] * num_queries
-    rows = [prefix + _encode(tokenizer, generation_text(p))[:budget] + suffix + tail for p in prompts]
-    return _left_pad(rows, token_id(tokenizer, PAD_TOKEN))
+    tail = [token_id(tokenizer, GEN_START)]
+    return [prefix + _encode(tokenizer, generation_text(p))[:budget] + suffix + tail for p in prompts]
+
+
+def language_inputs(tokenizer, captions: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """Next-token training rows: the generation template of each caption up to GEN_START, loss on every real token.
+
+    This is the text the generation path reads (the same template, so the states a frozen backbone hands the
+    queries were trained on exactly this form), without the query placeholders.
+    Returns `input_ids`, `attention_mask`, `labels` (B, L), LEFT padded; labels are IGNORE_INDEX on padding.
+    """
+    if isinstance(captions, str) or not isinstance(captions, (list, tuple)) or not captions:
+        raise ValueError("captions must be a non-empty list of str")
+    batch = _left_pad(_generation_rows(tokenizer, captions, max_length), token_id(tokenizer, PAD_TOKEN))
+    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    return batch
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

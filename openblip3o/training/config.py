@@ -44,10 +44,27 @@ class StageLoops:
 
 
 @dataclass
+class UnderstandingMix:
+    """The understanding stage's batch mix: VQA and captioning on images, plus text-only next-token rows."""
+
+    caption_rate: float = 0.2  # share of captioning requests among the VQA rows
+    text_rows: float = 0.5  # text-only rows per VQA row (0 = the answer-only recipe)
+    text_weight: float = 1.0  # weight of the text loss in the sum
+    text_short_rate: float = 0.1  # text rows: share of short captions
+    text_prompt_rate: float = 0.4  # text rows: share of GenEval-style prompts (the rest are long captions)
+
+
+@dataclass
 class TrainConfig:
     preset: str = "mini"
+    # overrides of the preset's model config (nested, strict: e.g. {"backbone": {"condition_norm": "none"}}); they
+    # apply when a run starts from the preset, not to a run resumed from its saved pipeline
+    model: dict = field(default_factory=dict)
     seed: int = 0
     loops: StageLoops = field(default_factory=StageLoops)
+    understanding: UnderstandingMix = field(default_factory=UnderstandingMix)
+    # generation: the last K language layers of the backbone learn too (0 = BLIP3-o's frozen backbone); check VQA
+    generation_trainable_layers: int = 0
     short_caption_rate: float = 0.1  # generation: share of short captions among the long ones
     instruct_lora_rank: int = 0  # 0 = full fine-tuning of queries + DiT; > 0 = LoRA through peft
     # a folder of `openblip3o curate` shards (prompt + image); None = ShapesWorld prompts drawn and rendered on the

@@ -21,6 +21,7 @@ from ..inference.pipeline import BLIP3oPipeline
 from ..config import ModelConfig
 from .config import LoopConfig, TrainConfig
 from .engine import train
+from .prompt_check import prompt_check
 from .stages.autoencoder import autoencoder_tasks
 from .stages.generation import GenerationTask
 from .stages.instruct import InstructTask
@@ -85,6 +86,11 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
     if resume and (out / PIPELINE / "model_index.json").is_file():
         pipe = BLIP3oPipeline.from_pretrained(out / PIPELINE)
     else:
+        if model_config is None and config.model:
+            from ..config import merge
+            from ..presets import get_preset
+
+            model_config = merge(get_preset(config.preset), config.model)
         pipe = BLIP3oPipeline.from_preset(config.preset, model_config)
     model = pipe.model.train()
     loops = config.loops
@@ -110,13 +116,15 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
                                      resume=resume, progress=progress)
                 task.finish()
         elif stage == "understanding":
-            result = train(UnderstandingTask(model, config.seed), scaled(loops.understanding, steps_scale), stage_dir,
-                           resume=resume, progress=progress)
+            result = train(UnderstandingTask(model, config.seed, config.understanding), scaled(loops.understanding, steps_scale),
+                           stage_dir, resume=resume, progress=progress)
         elif stage in ("generation", "joint"):
             task = (JointTask(model, config.seed, short_caption_rate=config.short_caption_rate) if stage == "joint"
-                    else GenerationTask(model, config.seed, short_rate=config.short_caption_rate))
+                    else GenerationTask(model, config.seed, short_rate=config.short_caption_rate,
+                                        trainable_layers=config.generation_trainable_layers))
+            generation = getattr(task, "generation", task)
             result = train(task, scaled(loops.generation, steps_scale), stage_dir, resume=resume, progress=progress,
-                           sample_fn=getattr(task, "generation", task).sample_grid)
+                           sample_fn=generation.check)
         else:
             scores = None
             if config.instruct_data is None:  # the curated set was weighted when it was made
@@ -128,6 +136,9 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
             task.finish()
             result = {**result, "probe_scores": scores, "instruct_data": config.instruct_data,
                       "instruct_items": task.size}
+        if stage in ("generation", "joint", "instruct"):
+            # The final check goes into the summary: a prompt-blind generator is reported, never passed silently.
+            result = {**result, "prompt_check": prompt_check(model, result.get("steps", 0), stage_dir, log=log)}
         model.eval()
         save_pipeline(pipe, out)
         model.train()

@@ -30,3 +30,31 @@ def contact_sheet(images: list[Image.Image], labels: list[str] | None = None, co
         for j, line in enumerate(textwrap.wrap(label, width_chars)[:label_lines]):
             draw.text((x, y + tile + 2 + j * LABEL_LINE_HEIGHT), line, fill="black", font=font)
     return sheet
+
+
+def to_pil(image) -> Image.Image:
+    """(3, H, W) tensor in [0, 1] -> an RGB PIL image."""
+    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
+    return Image.fromarray(array)
+
+
+def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, tile: int = 128) -> Image.Image:
+    """One row per prompt (its `columns` images, scaled to `tile` px), the prompt written above its row.
+
+    images: len(prompts) * columns images, row by row. A user must see which prompt drew which row.
+    """
+    if len(images) != len(prompts) * columns:
+        raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {columns} columns")
+    font = ImageFont.load_default()
+    band = LABEL_LINE_HEIGHT + 2 * LABEL_PADDING
+    width = max(columns * tile, 1)
+    sheet = Image.new("RGB", (width, len(prompts) * (band + tile)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, prompt in enumerate(prompts):
+        top = row * (band + tile)
+        label = textwrap.shorten(prompt, int(width * CHARS_PER_PIXEL), placeholder="...")
+        draw.text((LABEL_PADDING, top + LABEL_PADDING), label, fill="black", font=font)
+        for column in range(columns):
+            image = images[row * columns + column].convert("RGB").resize((tile, tile), Image.NEAREST)
+            sheet.paste(image, (column * tile, top + band))
+    return sheet

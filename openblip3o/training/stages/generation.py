@@ -9,10 +9,15 @@ from __future__ import annotations
 import torch
 
 from ...data.shapes import ShapesWorld
+from ...models.condition_norm import ConditionStandardizer
 from ...models.unified import BLIP3oModel
+from ..prompt_check import prompt_check
 from .data import choice_rng, examples, image_batch, pick_caption
 
 PROMPT_RATE = 0.4
+# The condition norm's statistics are fitted on this many training captions of the stage's mix, drawn at positions
+# far past any run's steps (a fresh draw, the same every time).
+FIT_BATCHES, FIT_BATCH_SIZE, FIT_OFFSET = 16, 64, 1 << 32
 SAMPLE_PROMPTS = (
     "a photo of a red circle",
     "a photo of three stars",
@@ -25,18 +30,30 @@ class GenerationTask:
     name = "generation"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, short_rate: float = 0.1, prompt_rate: float = PROMPT_RATE,
-                 train_backbone: bool = False):
+                 train_backbone: bool = False, trainable_layers: int = 0):
+        """trainable_layers: the last K language layers (and the final norm) learn with the generation loss while
+        the rest of the backbone stays frozen (0 = BLIP3-o's fully frozen backbone)."""
         self.model, self.seed = model, seed
         self.short_rate, self.prompt_rate = short_rate, prompt_rate
         self.world = ShapesWorld("train", seed)
         model.backbone.set_backbone_trainable(train_backbone)
+        self.tail = None
+        if trainable_layers > 0 and not train_backbone:
+            language = model.backbone.model.model.language_model
+            self.tail = torch.nn.ModuleList([*language.layers[-trainable_layers:], language.norm])
+            self.tail.requires_grad_(True)
         model.target_encoder.requires_grad_(False)
         if model.decoder is not None:
             model.decoder.requires_grad_(False)
+        norm = model.backbone.condition_norm
+        if isinstance(norm, ConditionStandardizer) and not bool(norm.fitted):  # fitted once, then fixed
+            model.backbone.fit_condition_norm(
+                self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[1] for i in range(FIT_BATCHES))
 
     def modules(self):
         return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
-                "generator": self.model.generator}
+                "condition_norm": self.model.backbone.condition_norm,
+                "generator": self.model.generator} | ({"backbone_tail": self.tail} if self.tail is not None else {})
 
     def batch(self, start: int, size: int):
         chosen = examples(self.world, start, size)
@@ -49,10 +66,15 @@ class GenerationTask:
         loss = self.model.generation_loss(images.to(self.model.backbone.device), captions, generator)
         return loss, {"flow": loss.item()}
 
+    def check(self, step: int, out_dir) -> None:
+        """Every `sample_every` steps: the sample grid and the prompt check (logged to prompt_checks.jsonl)."""
+        self.sample_grid(step, out_dir)
+        self.last_check = prompt_check(self.model, step, out_dir, log=_log)
+
     @torch.no_grad()
     def sample_grid(self, step: int, out_dir) -> None:
         """A contact sheet of a few fixed prompts, written during training."""
-        from ...utils.images import contact_sheet
+        from ...utils.images import contact_sheet, to_pil
 
         gens = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
         was_training = self.model.training
@@ -60,9 +82,15 @@ class GenerationTask:
         tokens = self.model.sample_tokens(list(SAMPLE_PROMPTS), generator=gens, num_inference_steps=20)
         images = self.model.decode(tokens, generator=gens, num_inference_steps=20)
         self.model.train(was_training)
-        pil = [_to_pil(i) for i in images]
+        pil = [to_pil(i) for i in images]
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         contact_sheet(pil, list(SAMPLE_PROMPTS), columns=4, tile=128).save(out_dir / "samples" / f"step-{step:06d}.png")
+
+
+def _log(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)  # keeps the progress bar intact
 
 
 class _QueryHolder(torch.nn.Module):
@@ -72,9 +100,3 @@ class _QueryHolder(torch.nn.Module):
         super().__init__()
         self.queries = backbone.queries
 
-
-def _to_pil(image: torch.Tensor):
-    from PIL import Image
-
-    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    return Image.fromarray(array)

@@ -63,6 +63,7 @@ class InstructTask:
         if self.lora_rank > 0:
             return {"generator": self.model.generator}  # peft leaves only the LoRA weights trainable
         return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
+                "condition_norm": self.model.backbone.condition_norm,
                 "generator": self.model.generator}
 
     @property

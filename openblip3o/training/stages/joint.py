@@ -17,7 +17,8 @@ class JointTask:
 
     def modules(self):
         return {"backbone": self.model.backbone.model, "queries": _QueryHolder(self.model.backbone),
-                "projector": self.model.backbone.projector, "generator": self.model.generator}
+                "projector": self.model.backbone.projector,
+                "condition_norm": self.model.backbone.condition_norm, "generator": self.model.generator}
 
     def batch(self, start: int, size: int):
         return self.understanding.batch(start, size), self.generation.batch(start, size)

@@ -1,0 +1,121 @@
+"""The understanding stage's text-only rows (the mini backbone's language-model loss) and the query/condition levers."""
+
+import pytest
+import torch
+
+from openblip3o.inference.pipeline import BLIP3oPipeline
+from openblip3o.models.template import IGNORE_INDEX, generation_inputs, language_inputs
+from openblip3o.models.tokenizer import GEN_START, token_id
+from openblip3o.training.config import UnderstandingMix
+from openblip3o.training.stages.understanding import UnderstandingTask
+from tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+
+
+def test_language_rows_are_the_generation_template_with_every_real_token_labelled(model):
+    tok = model.backbone.tokenizer
+    captions = ["a photo of a red circle", "two shapes on a black background: a large blue star on the left."]
+    batch = language_inputs(tok, captions, max_length=128)
+    real = batch["attention_mask"] == 1
+    assert torch.equal(batch["labels"][real], batch["input_ids"][real])  # loss on every real token
+    assert (batch["labels"][~real] == IGNORE_INDEX).all()  # and on no padding
+    assert bool((~real).any())  # the short caption was padded (on the left)
+    # The same tokens the generation path reads, up to and including GEN_START.
+    gen = generation_inputs(tok, captions, num_queries=3, max_length=128)
+    for row in range(2):
+        ids = batch["input_ids"][row][real[row]].tolist()
+        gen_ids = gen["input_ids"][row][gen["attention_mask"][row] == 1].tolist()[:-3]
+        assert ids == gen_ids and ids[-1] == token_id(tok, GEN_START)
+
+
+@pytest.mark.parametrize("text_rows", [0.5, 0.25])
+def test_understanding_batches_mix_text_rows_in_the_configured_ratio(model, text_rows):
+    task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=text_rows))
+    images, questions, answers, texts = task.batch(0, 16)
+    assert len(images) == len(questions) == len(answers) == 16
+    assert len(texts) == round(16 * text_rows) and all(isinstance(t, str) and t for t in texts)
+    assert task.batch(0, 16)[3] == texts  # by position: the same rows again
+    assert task.batch(16, 16)[3] != texts
+    loss, logs = task.loss((images, questions, answers, texts), torch.Generator().manual_seed(0))
+    assert set(logs) == {"ce", "text"} and loss.item() == pytest.approx(logs["ce"] + logs["text"], rel=1e-4)
+
+
+def test_answer_only_recipe_stays_available(model):
+    task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0))
+    batch = task.batch(0, 8)
+    assert batch[3] == []
+    assert set(task.loss(batch, torch.Generator().manual_seed(0))[1]) == {"ce"}
+
+
+def test_query_init_scale_is_relative_to_the_token_embeddings():
+    torch.manual_seed(0)
+    scaled = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"query_init_scale": 1.0})).model.backbone
+    blip3o = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"query_init_scale": None})).model.backbone
+    token_std = scaled.model.get_input_embeddings().weight.std().item()
+    assert scaled.queries.std().item() == pytest.approx(token_std, rel=0.2)
+    assert blip3o.queries.std().item() == pytest.approx(1.0, rel=0.2)  # BLIP3-o's unscaled randn
+
+
+def test_condition_norm_removes_what_every_prompt_shares_with_fixed_statistics(tmp_path):
+    torch.manual_seed(0)
+    pipe = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"condition_norm": "standardize"}))
+    backbone = pipe.model.backbone.eval()
+    prompts = [f"a photo of a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")]
+    raw = backbone.query_states(prompts)[0]
+    assert torch.equal(backbone.condition_norm(raw), raw)  # the identity until fitted
+    backbone.fit_condition_norm([prompts[:5], prompts[5:]])
+    normalised = backbone.condition_norm(backbone.query_states(prompts)[0]).flatten(1)
+    assert normalised.mean(0).abs().max().item() < 1e-3  # the shared part is gone
+    assert normalised.std(0).mean().item() == pytest.approx(1.0, abs=0.05)
+    # Fixed statistics: a prompt's condition does not depend on the other prompts of its batch (a BatchNorm's did).
+    alone = backbone.condition(prompts[:1])[0]
+    assert torch.allclose(alone, backbone.condition(prompts)[0][:1], atol=1e-5)
+    backbone.train()
+    assert torch.allclose(alone, backbone.condition(prompts[:1])[0], atol=1e-5)  # and not on train / eval mode
+    pipe.model.eval()
+    pipe.save_pretrained(tmp_path / "p")  # the statistics travel with the queries
+    again = BLIP3oPipeline.from_pretrained(tmp_path / "p").model.backbone.eval()
+    assert bool(again.condition_norm.fitted)
+    assert torch.allclose(again.condition(prompts[:1])[0], alone, atol=1e-5)
+
+
+def test_generation_stage_fits_the_condition_norm_once(tmp_path):
+    from openblip3o.training.stages.generation import GenerationTask
+
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"condition_norm": "standardize"})).model
+    GenerationTask(model, seed=0)
+    norm = model.backbone.condition_norm
+    assert bool(norm.fitted) and norm.mean.abs().sum() > 0
+    mean = norm.mean.clone()
+    GenerationTask(model, seed=1)  # a later stage keeps the statistics the DiT was trained with
+    assert torch.equal(norm.mean, mean)
+
+
+def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
+    """A backbone whose condition ignores the prompt: the check must say prompt-blind (and write its row)."""
+    from openblip3o.training.prompt_check import CHECK_FILE, prompt_check
+
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.eval()
+    constant = torch.randn(1, model.backbone.num_queries, model.backbone.condition_dim)
+
+    def blind(prompts):
+        return constant.expand(len(prompts), -1, -1), torch.ones(len(prompts), constant.shape[1], dtype=torch.long)
+
+    model.backbone.condition = blind
+    lines = []
+    row = prompt_check(model, step=7, out_dir=tmp_path, log=lines.append)
+    assert row["prompt_blind"] and row["prompt_swap"] == 0.0 and row["zero_condition"] > 0
+    assert "PROMPT-BLIND" in lines[0]
+    assert (tmp_path / CHECK_FILE).read_text().count('"step": 7') == 1
+    # The same model reading its prompt is not flagged.
+    del model.backbone.condition
+    with torch.no_grad():
+        model.backbone.queries.mul_(0.01)  # let the prompt through the random tiny backbone
+    assert not prompt_check(model, step=8, out_dir=tmp_path, log=lines.append)["prompt_blind"]
