@@ -18,6 +18,9 @@ from ..config import GeneratorConfig
 from .loading import check_loading_info, require_files
 
 
+PAD_TOKEN_STD = 0.02
+
+
 class Generator(nn.Module):
     def __init__(self, config: GeneratorConfig, in_channels: int, grid_size: int, condition_dim: int):
         super().__init__()
@@ -43,6 +46,9 @@ class Generator(nn.Module):
             cross_attention_dim=condition_dim,
         )
         with torch.no_grad():
+            # diffusers leaves pad_token as torch.empty (uninitialised memory, NaN at times: unused with patch 1 on
+            # this grid, but it broke exact weight comparisons); Lumina-Next's own code draws it from N(0, 0.02).
+            self.dit.pad_token.normal_(std=PAD_TOKEN_STD)
             for layer in self.dit.layers:
                 layer.gate.fill_(config.cross_attention_gate_init)
         self._init_rotary()
