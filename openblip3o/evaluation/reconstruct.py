@@ -19,6 +19,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from ..data.shapes import Scene, ShapesWorld
+from ..utils.images import to_pil
 from .geneval.detector import detect
 
 POSITION_TOLERANCE = 0.08  # of the image side: 5.1 px at 64 px (objects are 14-26 px wide)
@@ -57,12 +58,6 @@ def score_reconstructions(sources: list[Scene], images: list[Image.Image]) -> di
             totals[key] += int(ok)
     n = len(sources)
     return {**{k: (totals[k] / n if n else 0.0) for k in SCORE_KEYS}, "scenes": n}
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(B, 3, H, W) in [0, 1] -> PIL RGB images (rounded to 8 bits)."""
-    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in array]
 
 
 def _reconstructor(autoencoder_or_pipeline):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..data.shapes.world import COLORS
+
 # Prompt pairs that differ in one word (colour, shape, count, relation), for the generator's sensitivity.
 CHECK_PAIRS: tuple[tuple[str, str], ...] = (
     ("a photo of a red circle", "a photo of a blue circle"),
@@ -27,7 +29,7 @@ CHECK_PAIRS: tuple[tuple[str, str], ...] = (
     ("a photo of a circle left of a cross", "a photo of a circle right of a cross"),
     ("a photo of a square above a star", "a photo of a square below a star"),
 )
-CHECK_COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "white", "cyan")
+CHECK_COLOURS: tuple[str, ...] = COLORS  # every colour of the world, each once
 CHECK_SHAPE = "circle"  # every colour is seen with circles in training
 CHECK_SEED = 0
 CHECK_STEPS = 20  # DiT and decoder sampling steps: enough to read colour and shape, a few seconds in all
@@ -52,7 +54,7 @@ def colour_accuracy(model, records: list[dict], seed: int = CHECK_SEED, steps: i
     gens = [torch.Generator().manual_seed(seed) for _ in records]
     tokens = model.sample_tokens([r["prompt"] for r in records], generator=gens, num_inference_steps=steps)
     images = model.decode(tokens, generator=gens, num_inference_steps=steps)
-    hits = [evaluate(r, detect(to_pil(im))[0])[0] for r, im in zip(records, images)]
+    hits = [evaluate(r, detect(im)[0])[0] for r, im in zip(records, to_pil(images))]
     return sum(hits) / len(hits), images
 
 

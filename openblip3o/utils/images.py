@@ -32,10 +32,12 @@ def contact_sheet(images: list[Image.Image], labels: list[str] | None = None, co
     return sheet
 
 
-def to_pil(image) -> Image.Image:
-    """(3, H, W) tensor in [0, 1] -> an RGB PIL image."""
-    array = (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    return Image.fromarray(array)
+def to_pil(images) -> list[Image.Image]:
+    """(B, 3, H, W) tensor in [0, 1] -> B RGB PIL images (rounded to 8 bits)."""
+    import torch
+
+    array = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
 
 
 def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, tile: int = 128) -> Image.Image:

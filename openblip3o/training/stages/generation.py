@@ -82,7 +82,7 @@ class GenerationTask:
         tokens = self.model.sample_tokens(list(SAMPLE_PROMPTS), generator=gens, num_inference_steps=20)
         images = self.model.decode(tokens, generator=gens, num_inference_steps=20)
         self.model.train(was_training)
-        pil = [to_pil(i) for i in images]
+        pil = to_pil(images)
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
         contact_sheet(pil, list(SAMPLE_PROMPTS), columns=4, tile=128).save(out_dir / "samples" / f"step-{step:06d}.png")
 
