@@ -156,7 +156,8 @@ def mini() -> ModelConfig:
     return ModelConfig(
         name="mini",
         backbone=BackboneConfig(text=dict(MINI_TEXT), vision=dict(MINI_VISION), image_size=64, num_queries=64,
-                                query_init_scale=1.0, condition_norm="standardize"),
+                                query_init_scale=1.0, condition_norm="standardize",
+                                condition_norm_momentum=0.01),
         generator=GeneratorConfig(hidden_size=192, num_layers=6, num_attention_heads=6, num_kv_heads=6,
                                   cross_attention_gate_init=0.5),
         objective=ObjectiveConfig(name="flow_matching", condition_dropout=0.1),

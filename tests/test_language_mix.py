@@ -63,7 +63,8 @@ def test_query_init_scale_is_relative_to_the_token_embeddings():
 
 def test_condition_norm_removes_what_every_prompt_shares_with_fixed_statistics(tmp_path):
     torch.manual_seed(0)
-    pipe = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"condition_norm": "standardize"}))
+    pipe = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"condition_norm": "standardize",
+                                                                    "condition_norm_momentum": 0.0}))
     backbone = pipe.model.backbone.eval()
     prompts = [f"a photo of a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "star")]
     raw = backbone.query_states(prompts)[0]
@@ -82,6 +83,33 @@ def test_condition_norm_removes_what_every_prompt_shares_with_fixed_statistics(t
     again = BLIP3oPipeline.from_pretrained(tmp_path / "p").model.backbone.eval()
     assert bool(again.condition_norm.fitted)
     assert torch.allclose(again.condition(prompts[:1])[0], alone, atol=1e-5)
+
+
+def test_condition_norm_statistics_follow_the_queries_as_they_learn():
+    """Fixed statistics went stale once the queries moved (the shared part came back at 2.1 std per feature); with a
+    momentum they track the states in training, and inference reads the same buffers (no batch dependence)."""
+    torch.manual_seed(0)
+    prompts = [f"a photo of a {c} {s}" for c in ("red", "blue", "green", "yellow") for s in ("circle", "square", "star")]
+    shared, deviation = {}, {}
+    for momentum in (0.0, 0.2):
+        torch.manual_seed(0)
+        backbone = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={
+            "condition_norm": "standardize", "condition_norm_momentum": momentum})).model.backbone
+        backbone.fit_condition_norm([prompts])
+        with torch.no_grad():
+            backbone.queries.add_(3 * backbone.queries.std() * torch.randn_like(backbone.queries))  # the queries learn
+        backbone.train()
+        with torch.no_grad():
+            for _ in range(30):  # training batches
+                backbone.condition(prompts)
+        backbone.eval()
+        normalised = backbone.condition_norm(backbone.query_states(prompts)[0]).flatten(1)
+        shared[momentum] = normalised.mean(0).pow(2).mean().sqrt().item()
+        deviation[momentum] = (normalised - normalised.mean(0)).pow(2).mean().sqrt().item()
+        alone = backbone.condition(prompts[:1])[0]
+        assert torch.allclose(alone, backbone.condition(prompts)[0][:1], atol=1e-5)  # eval: no batch dependence
+    assert shared[0.0] > 2 * deviation[0.0]  # fixed statistics: the shared part is back on top
+    assert shared[0.2] < 0.5 * deviation[0.2]  # tracked statistics: what differs between prompts dominates
 
 
 def test_generation_stage_fits_the_condition_norm_once(tmp_path):
@@ -119,3 +147,22 @@ def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
     with torch.no_grad():
         model.backbone.queries.mul_(0.01)  # let the prompt through the random tiny backbone
     assert not prompt_check(model, step=8, out_dir=tmp_path, log=lines.append)["prompt_blind"]
+
+
+def test_generation_stage_can_keep_the_queries_frozen():
+    """Trained queries drifted towards prompt-blind states at mini scale; frozen ones stay put while the DiT learns."""
+    from openblip3o.training.stages.generation import GenerationTask
+
+    for train_queries in (True, False):
+        torch.manual_seed(0)
+        model = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"condition_norm": "standardize"})).model.train()
+        task = GenerationTask(model, seed=0, train_queries=train_queries)
+        params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
+        before = model.backbone.queries.detach().clone()
+        dit_before = [p.detach().clone() for p in model.generator.parameters()]
+        optimiser = torch.optim.AdamW(params, 1e-2)
+        loss, _ = task.loss(task.batch(0, 4), torch.Generator().manual_seed(0))
+        loss.backward()
+        optimiser.step()
+        assert torch.equal(model.backbone.queries, before) is (not train_queries)
+        assert any(not torch.equal(p, q) for p, q in zip(model.generator.parameters(), dit_before))

@@ -180,7 +180,7 @@ class Backbone(nn.Module):
         self.projector = nn.Linear(hidden, hidden) if cfg.projector == "linear" else nn.Identity()
         # Per (query, channel) statistics over training captions, fitted once (see condition_norm.py).
         self.condition_norm = (
-            ConditionStandardizer(cfg.num_queries, hidden) if cfg.condition_norm == "standardize" else nn.Identity()
+            ConditionStandardizer(cfg.num_queries, hidden, cfg.condition_norm_momentum) if cfg.condition_norm == "standardize" else nn.Identity()
         )
         # generate() stops at <|im_end|> and pads with <|endoftext|>, looked up by name.
         model.generation_config.eos_token_id = token_id(tokenizer, IM_END)

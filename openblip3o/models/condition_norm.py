@@ -9,6 +9,11 @@ Fixed, not batch statistics: a BatchNorm in training mode normalised each prompt
 captions in its batch. With 16,384 features and 32 captions that noise (~1/sqrt(32) of a standard deviation per
 feature) was as large as a colour word's effect, and training and inference conditions differed by 94 % (measured);
 the generator learned the prompt's structure (how many objects) but no colour.
+
+Statistics fixed forever go stale while the queries learn: after 1,500 generation steps the part every prompt
+shared was back at 2.1 standard deviations per feature against 0.36 for what differed (measured on the model of
+2026-12-03). With `momentum` > 0 the statistics track the states in training, an exponential moving average over
+batches (~1 / momentum of them, so the noise of one batch averages out), and inference uses the same buffers.
 """
 
 from __future__ import annotations
@@ -23,14 +28,25 @@ class ConditionStandardizer(nn.Module):
     """(B, N, D) -> (B, N, D): (x - mean) / std per (query, channel), with statistics fitted once; the identity until
     then. The statistics are buffers: they travel with the queries in `queries.safetensors`."""
 
-    def __init__(self, num_queries: int, hidden: int):
+    def __init__(self, num_queries: int, hidden: int, momentum: float = 0.0):
         super().__init__()
+        self.momentum = momentum
         self.register_buffer("mean", torch.zeros(num_queries, hidden))
         self.register_buffer("std", torch.ones(num_queries, hidden))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
+        if self.training and self.momentum > 0 and bool(self.fitted) and states.shape[0] > 1:
+            self._track(states.detach().float())
         return (states - self.mean.to(states.dtype)) / self.std.to(states.dtype)
+
+    @torch.no_grad()
+    def _track(self, states: torch.Tensor) -> None:
+        """Move the statistics towards one batch's (B, N, D) states, keeping the floor of `fit`."""
+        m = self.momentum
+        self.mean.mul_(1 - m).add_(states.mean(dim=0), alpha=m)
+        std = self.std.mul(1 - m).add(states.std(dim=0), alpha=m)
+        self.std.copy_(std.clamp_min(STD_FLOOR * std.median()))
 
     @torch.no_grad()
     def fit(self, states: torch.Tensor) -> None:

@@ -116,12 +116,14 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
                                      resume=resume, progress=progress)
                 task.finish()
         elif stage == "understanding":
-            result = train(UnderstandingTask(model, config.seed, config.understanding), scaled(loops.understanding, steps_scale),
-                           stage_dir, resume=resume, progress=progress)
+            task = UnderstandingTask(model, config.seed, config.understanding)
+            result = train(task, scaled(loops.understanding, steps_scale), stage_dir, resume=resume, progress=progress)
+            task.finish()
         elif stage in ("generation", "joint"):
             task = (JointTask(model, config.seed, short_caption_rate=config.short_caption_rate) if stage == "joint"
                     else GenerationTask(model, config.seed, short_rate=config.short_caption_rate,
-                                        trainable_layers=config.generation_trainable_layers))
+                                        trainable_layers=config.generation_trainable_layers,
+                                        train_queries=config.generation_train_queries))
             generation = getattr(task, "generation", task)
             result = train(task, scaled(loops.generation, steps_scale), stage_dir, resume=resume, progress=progress,
                            sample_fn=generation.check)

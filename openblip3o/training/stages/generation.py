@@ -30,13 +30,15 @@ class GenerationTask:
     name = "generation"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, short_rate: float = 0.1, prompt_rate: float = PROMPT_RATE,
-                 train_backbone: bool = False, trainable_layers: int = 0):
+                 train_backbone: bool = False, trainable_layers: int = 0, train_queries: bool = True):
         """trainable_layers: the last K language layers (and the final norm) learn with the generation loss while
-        the rest of the backbone stays frozen (0 = BLIP3-o's fully frozen backbone)."""
+        the rest of the backbone stays frozen (0 = BLIP3-o's fully frozen backbone). train_queries: False keeps the
+        learnable queries at their values (the projector and DiT still learn)."""
         self.model, self.seed = model, seed
         self.short_rate, self.prompt_rate = short_rate, prompt_rate
         self.world = ShapesWorld("train", seed)
         model.backbone.set_backbone_trainable(train_backbone)
+        model.backbone.queries.requires_grad_(train_queries)
         self.tail = None
         if trainable_layers > 0 and not train_backbone:
             language = model.backbone.model.model.language_model

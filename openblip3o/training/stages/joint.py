@@ -16,7 +16,7 @@ class JointTask:
         self.model, self.weight = model, generation_weight
 
     def modules(self):
-        return {"backbone": self.model.backbone.model, "queries": _QueryHolder(self.model.backbone),
+        return self.understanding.modules() | {"queries": _QueryHolder(self.model.backbone),
                 "projector": self.model.backbone.projector,
                 "condition_norm": self.model.backbone.condition_norm, "generator": self.model.generator}
 

@@ -12,6 +12,7 @@ from ...data.shapes import ShapesWorld
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
 from .data import choice_rng, examples, pick_caption, pick_question
+from .vision_labels import VisionLabelHeads
 
 TEXT_STREAM_OFFSET = 1 << 30  # text rows draw their scenes from positions apart from the VQA rows'
 
@@ -23,10 +24,22 @@ class UnderstandingTask:
         self.model, self.seed, self.mix = model, seed, mix or UnderstandingMix()
         self.world = ShapesWorld("train", seed)
         model.backbone.set_backbone_trainable(True)
+        self.vision_labels = None
+        if self.mix.vision_label_weight > 0:
+            backbone = model.backbone
+            vision = backbone.model.config.vision_config
+            grid = backbone.cfg.image_size // (vision.patch_size * vision.spatial_merge_size)
+            self.vision_labels = VisionLabelHeads(backbone.model.model.visual, vision.out_hidden_size, grid)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
-        return {"backbone": self.model.backbone.model}
+        heads = {"vision_label_heads": self.vision_labels} if self.vision_labels is not None else {}
+        return {"backbone": self.model.backbone.model} | heads
+
+    def finish(self) -> None:
+        """Drop the training-only heads' hook from the vision tower."""
+        if self.vision_labels is not None:
+            self.vision_labels.remove()
 
     def text_count(self, size: int) -> int:
         """Text-only rows that go with `size` VQA rows."""
@@ -41,12 +54,17 @@ class UnderstandingTask:
             pick_caption(e, choice_rng(self.seed, text_first + i), self.mix.text_short_rate, self.mix.text_prompt_rate)
             for i, e in enumerate(examples(self.world, text_first, count))
         ]
-        return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts
+        labels = self.vision_labels.labels([e.scene for e in chosen]) if self.vision_labels is not None else None
+        return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels
 
     def loss(self, batch, generator):
-        images, questions, answers, texts = batch
+        images, questions, answers, texts, labels = batch
         ce = self.model.understanding_loss(images, questions, answers)
-        if not texts:
-            return ce, {"ce": ce.item()}
-        text = self.model.backbone.language_loss(texts)
-        return ce + self.mix.text_weight * text, {"ce": ce.item(), "text": text.item()}
+        loss, logs = ce, {"ce": ce.item()}
+        if labels is not None:
+            dense, accuracy = self.vision_labels.loss(labels)
+            loss, logs = loss + self.mix.vision_label_weight * dense, logs | {"vision_labels": dense.item()} | accuracy
+        if texts:
+            text = self.model.backbone.language_loss(texts)
+            loss, logs = loss + self.mix.text_weight * text, logs | {"text": text.item()}
+        return loss, logs

@@ -1,0 +1,64 @@
+"""Dense labels for the vision tower during understanding: each merged vision token names the shape and colour of
+the object under it (ShapesWorld knows every pixel's owner exactly).
+
+Why: VQA's answer loss reaches the vision tower through one word per image, and after 700 steps the tower still
+could not tell shapes apart (held-out shape questions 0.20 against chance 0.17; a linear shape probe on its pooled
+tokens 0.31-0.35). Per-token labels give 64 supervised positions per image. The heads are training-only (linear,
+dropped after the stage): the backbone keeps its Qwen2.5-VL classes and nothing is added to the shipped model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.shapes import COLORS, SHAPES
+from ...data.shapes.render import token_labels
+
+LABEL_KINDS = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1}  # class 0 = background
+
+
+class VisionLabelHeads(nn.Module):
+    """Linear heads on the vision tower's merged tokens, fed by a forward hook on the tower.
+
+    The hook keeps the tower's last output (B * G * G, D), so the VQA forward pass that already runs the tower
+    is all the compute the labels need.
+    """
+
+    def __init__(self, visual: nn.Module, token_dim: int, grid_size: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.heads = nn.ModuleDict({kind: nn.Linear(token_dim, classes) for kind, classes in LABEL_KINDS.items()})
+        self._tokens: torch.Tensor | None = None
+        self._hook = visual.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        self._tokens = output.pooler_output  # (B * G * G, D), row-major per image (transformers' merger order)
+
+    def labels(self, scenes) -> dict[str, torch.Tensor]:
+        """Per-token classes of B scenes: {kind: (B, G * G) long}."""
+        per_scene = [token_labels(scene, self.grid_size) for scene in scenes]
+        return {kind: torch.from_numpy(np.stack([p[kind] for p in per_scene])) for kind in LABEL_KINDS}
+
+    def loss(self, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean cross-entropy over kinds of the tokens kept from the last tower pass; and per-kind accuracy."""
+        if self._tokens is None:
+            raise RuntimeError("the vision tower has not run since the last loss")
+        tokens, self._tokens = self._tokens, None
+        batch = next(iter(labels.values())).shape[0]
+        expected = batch * self.grid_size**2
+        if tokens.shape[0] != expected:
+            raise RuntimeError(f"vision tower gave {tokens.shape[0]} tokens, expected {expected} "
+                               f"({batch} images of {self.grid_size}x{self.grid_size})")
+        losses, logs = [], {}
+        for kind, head in self.heads.items():
+            target = labels[kind].reshape(-1).to(tokens.device)
+            logits = head(tokens.float())
+            losses.append(F.cross_entropy(logits, target))
+            logs[f"{kind}_token_acc"] = (logits.argmax(-1) == target).float().mean().item()
+        return torch.stack(losses).mean(), logs
+
+    def remove(self) -> None:
+        self._hook.remove()

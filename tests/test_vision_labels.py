@@ -1,0 +1,57 @@
+"""Dense per-token labels for the vision tower (understanding stage): exact truth, and a loss the tower learns."""
+
+import numpy as np
+import pytest
+import torch
+
+from openblip3o.data.shapes import COLORS, SHAPES, Scene, ShapeObject, ShapesWorld
+from openblip3o.data.shapes.render import render_labels, render_scene, token_labels
+from openblip3o.inference.pipeline import BLIP3oPipeline
+from openblip3o.training.config import UnderstandingMix
+from openblip3o.training.stages.understanding import UnderstandingTask
+from tiny import tiny_config
+
+
+def test_label_map_is_exactly_the_drawn_pixels():
+    world = ShapesWorld("train", 0)
+    for index in range(20):
+        example = world[index]
+        drawn = np.asarray(example.image).sum(-1) > 0
+        assert np.array_equal(render_labels(example.scene) > 0, drawn)
+
+
+def test_token_labels_name_the_object_under_each_cell():
+    square = ShapeObject(shape="square", color="blue", size="large", cx=16, cy=16, radius=8)  # pixels 8..23
+    star = ShapeObject(shape="star", color="red", size="small", cx=52, cy=52, radius=6)
+    labels = token_labels(Scene(objects=(square, star), image_size=64), grid_size=8)
+    shape, color = labels["shape"].reshape(8, 8), labels["color"].reshape(8, 8)
+    assert (shape[1:3, 1:3] == SHAPES.index("square") + 1).all() and (color[1:3, 1:3] == COLORS.index("blue") + 1).all()
+    assert shape[6, 6] == SHAPES.index("star") + 1 and set(shape[shape > 0].tolist()) == {1 + SHAPES.index(s) for s in ("square", "star")}
+    assert shape[0].sum() == 0 and shape[:, 0].sum() == 0 and shape[3:5, 3:5].sum() == 0  # background stays 0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+    task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(vision_label_weight=weight, text_rows=0.0))
+    batch = task.batch(0, 8)
+    if weight == 0:
+        assert batch[-1] is None and "vision_label_heads" not in task.modules()
+        assert "vision_labels" not in task.loss(batch, None)[1]
+        return
+    assert batch[-1]["shape"].shape == (8, 64) and batch[-1]["shape"].max() > 0
+    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, 3e-3)
+    first = None
+    for _ in range(15):  # the same batch: the tower and heads must fit its labels
+        loss, logs = task.loss(batch, None)
+        first = logs["vision_labels"] if first is None else first
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert logs["vision_labels"] < 0.7 * first
+    task.finish()  # the hook is gone: a later forward pass keeps nothing
+    model.backbone.answer([render_scene(task.world.scene(0))],
+                          ["what shape is it?"])
+    assert task.vision_labels._tokens is None
