@@ -36,12 +36,13 @@ def test_language_rows_are_the_generation_template_with_every_real_token_labelle
 @pytest.mark.parametrize("text_rows", [0.5, 0.25])
 def test_understanding_batches_mix_text_rows_in_the_configured_ratio(model, text_rows):
     task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=text_rows))
-    images, questions, answers, texts = task.batch(0, 16)
+    images, questions, answers, texts, labels = task.batch(0, 16)
+    assert labels is None  # vision labels are off by default
     assert len(images) == len(questions) == len(answers) == 16
     assert len(texts) == round(16 * text_rows) and all(isinstance(t, str) and t for t in texts)
     assert task.batch(0, 16)[3] == texts  # by position: the same rows again
     assert task.batch(16, 16)[3] != texts
-    loss, logs = task.loss((images, questions, answers, texts), torch.Generator().manual_seed(0))
+    loss, logs = task.loss((images, questions, answers, texts, labels), torch.Generator().manual_seed(0))
     assert set(logs) == {"ce", "text"} and loss.item() == pytest.approx(logs["ce"] + logs["text"], rel=1e-4)
 
 
