@@ -82,8 +82,8 @@ def test_default_model_is_the_shipped_mini_with_a_one_line_note(tmp_path):
     ("args", "message"),
     [
         (["generate", "   "], "error: prompt is empty"),
-        (["generate", "a star", "--n", "0"], "error: --n must be at least 1"),
-        (["generate", "a star", "--steps", "0"], "error: --steps must be at least 1"),
+        (["generate", "a star", "--n", "0"], "error: --n must be between 1 and 64"),
+        (["generate", "a star", "--steps", "0"], "error: --steps must be between 1 and 200"),
         (["generate", "a star", "--model", "{tmp}/missing"], "no such folder and no such preset"),
         (["ask", "{tmp}/missing.png", "what?"], "no such image file"),
         (["ask", "{tmp}/notes.txt", "what?"], "could not be decoded"),

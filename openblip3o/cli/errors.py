@@ -10,7 +10,9 @@ from ..data.shapes.sampler import PlacementError
 from ..evaluation.geneval.layout import MetadataError
 from ..models.loading import CheckpointError
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MetadataError, PlacementError, CheckpointError)
+# Paths the user named that exist as the wrong kind of thing, or that they may not write, are their mistakes too.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError,
+               MetadataError, PlacementError, CheckpointError)
 USER_ERROR_EXIT = 2
 
 
@@ -20,7 +22,10 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as err:
-            typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+            # The message may quote what the user typed: undecodable bytes in it arrive as lone surrogates, which
+            # no output encoding accepts; they are shown escaped rather than raising while the error is printed.
+            message = str(err).encode("utf-8", "backslashreplace").decode("utf-8")
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
             raise typer.Exit(USER_ERROR_EXIT) from None
 
     return wrapper

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import tempfile
 from pathlib import Path
 
 import typer
@@ -16,6 +17,9 @@ SLUG_CHARS = 40  # file names keep the start of the prompt, readable in a file b
 SEED_BITS = 31
 GRID_NAME = "grid.png"
 MODEL_HELP = "A folder written by save_pretrained, or 'mini' (the shipped default)."
+MAX_N = 64  # images per prompt
+MAX_IMAGES = 512  # images per command: a larger job is a loop over commands (or `openblip3o eval geneval`)
+CHUNK = 16  # images per pipeline call: memory stays bounded however many images are asked for
 
 
 def _load(model: str):
@@ -44,6 +48,31 @@ def output_paths(out: Path, prompts: list[str], n: int, grid: bool) -> list[Path
     return [out / f"{p:03d}-{_slug(prompt)}-{k}.png" for p, prompt in enumerate(prompts) for k in range(n)]
 
 
+def _user_text(texts: list[str], limit: int, what: str) -> list[str]:
+    """Each text checked as the server checks it (non-empty, within `limit`, valid Unicode), or a ValueError."""
+    from ..serving.limits import RequestError, check_text
+
+    try:
+        return [check_text(text, limit, what.upper(), what) for text in texts]
+    except RequestError as err:
+        raise ValueError(err.message) from None
+
+
+def check_writable(paths: list[Path], out: Path) -> None:
+    """Make the folders `paths` go in and prove each writable, before any work: a mistake found after minutes of
+    generation would throw the images away."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"--out {out}: {path} is a folder, not a file name")
+    for folder in dict.fromkeys(path.parent for path in paths):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ValueError(f"--out {out}: cannot write in {folder} ({err.strerror or type(err).__name__})") from None
+
+
 @user_errors
 def generate(
     prompts: list[str] = typer.Argument(..., help="One or more prompts (quote each one)."),
@@ -58,41 +87,56 @@ def generate(
     model: str = typer.Option("mini", help=MODEL_HELP),
 ):
     """Generate N images for each PROMPT and save them as PNG files (paths printed, one per line)."""
-    import torch
+    from ..serving.limits import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_STEPS
 
-    from ..serving.limits import MAX_PROMPT_CHARS, RequestError, check_text
-
-    if n < 1:
-        raise ValueError("--n must be at least 1")
+    if not 1 <= n <= MAX_N:
+        raise ValueError(f"--n must be between 1 and {MAX_N}, got {n}")
+    if len(prompts) * n > MAX_IMAGES:
+        raise ValueError(f"{len(prompts)} prompts x --n {n} = {len(prompts) * n} images; the limit is {MAX_IMAGES} "
+                         "per command")
     for name, value in (("--steps", steps), ("--decoder-steps", decoder_steps)):
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be at least 1")
+        if value is not None and not 1 <= value <= MAX_STEPS:
+            raise ValueError(f"{name} must be between 1 and {MAX_STEPS}, got {value}")
     for name, value in (("--cfg", cfg), ("--decoder-cfg", decoder_cfg)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be non-negative")
-    try:
-        prompts = [check_text(p, MAX_PROMPT_CHARS, "PROMPT", "prompt") for p in prompts]
-    except RequestError as err:
-        raise ValueError(err.message) from None
+        if value is not None and not 0 <= value <= MAX_GUIDANCE:
+            raise ValueError(f"{name} must be between 0 and {MAX_GUIDANCE}, got {value}")
+    prompts = _user_text(prompts, MAX_PROMPT_CHARS, "prompt")
     if out.exists() and out.is_dir() == (out.suffix.lower() in IMAGE_SUFFIXES):
         raise ValueError(f"--out {out}: exists as a {'folder' if out.is_dir() else 'file'}")
+    paths = output_paths(out, prompts, n, grid)
+    check_writable(paths, out)
     if seed is None:
         seed = secrets.randbits(SEED_BITS)
         typer.echo(f"seed {seed}", err=True)
-    paths = output_paths(out, prompts, n, grid)
     pipe = _load(model)
-    images = pipe(prompt=prompts, num_images_per_prompt=n, num_inference_steps=steps, guidance_scale=cfg,
-                  decoder_num_inference_steps=decoder_steps, decoder_guidance_scale=decoder_cfg,
-                  generator=[torch.Generator().manual_seed(seed + i) for i in range(len(prompts) * n)],
-                  output_type="pil", progress=True).images
+    import torch
+
+    # Image i (prompt i // n) has seed SEED + i whichever chunk makes it: chunking changes no image (batch == alone).
+    jobs = [(prompt, seed + i) for i, prompt in enumerate(p for p in prompts for _ in range(n))]
+    images, saved = [], iter(paths)
+    for start in range(0, len(jobs), CHUNK):
+        chunk = jobs[start : start + CHUNK]
+        made = pipe(prompt=[p for p, _ in chunk], num_images_per_prompt=1, num_inference_steps=steps,
+                    guidance_scale=cfg, decoder_num_inference_steps=decoder_steps, decoder_guidance_scale=decoder_cfg,
+                    generator=[torch.Generator().manual_seed(s) for _, s in chunk], output_type="pil",
+                    progress=True).images
+        if grid:
+            images.extend(made)  # the grid needs them all; 64 px each
+        else:
+            for image in made:
+                _save(image, next(saved))
     if grid:
         from ..utils.images import prompt_rows
 
-        images = [prompt_rows(images, prompts, n)]  # each row's prompt above it
-    for path, image in zip(paths, images):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(prompt_rows(images, prompts, n), paths[0])  # each row's prompt above it
+
+
+def _save(image, path: Path) -> None:
+    try:
         image.save(path)
-        typer.echo(str(path))
+    except OSError as err:  # e.g. the disk filled up
+        raise ValueError(f"could not write {path} ({err.strerror or err})") from None
+    typer.echo(str(path))
 
 
 @user_errors
@@ -103,14 +147,11 @@ def ask(
     model: str = typer.Option("mini", help=MODEL_HELP),
 ):
     """Answer a QUESTION about an IMAGE (printed on one line)."""
-    from ..serving.limits import MAX_NEW_TOKENS, MAX_QUESTION_CHARS, RequestError, check_text, load_image_file
+    from ..serving.limits import MAX_NEW_TOKENS, MAX_QUESTION_CHARS, load_image_file
 
     if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
         raise ValueError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}")
-    try:
-        question = check_text(question, MAX_QUESTION_CHARS, "QUESTION", "question")
-    except RequestError as err:
-        raise ValueError(err.message) from None
+    (question,) = _user_text([question], MAX_QUESTION_CHARS, "question")
     picture = load_image_file(image)
     pipe = _load(model)
     typer.echo(pipe.answer(images=[picture], questions=[question], max_new_tokens=max_new_tokens)[0])

@@ -7,7 +7,10 @@
 
 Every request goes through one `MicroBatcher`, whose single worker thread owns the pipeline. Every error, including
 404/405 on unknown routes and 500s, is OpenAI's `{"error": {"message", "type", "param", "code"}}`, and no bad request
-can stop the server: errors are answered, the worker survives anything a batch raises.
+can stop the server: errors are answered, the worker survives anything a batch raises. POST bodies must be sent as
+`Content-Type: application/json` (415 otherwise). A client that disconnects, while sending its body or while waiting
+for its result, is answered with nothing (there is no one to answer): its job leaves the batcher's queue, or its batch
+stops at the next denoising step when no other client waits on it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .batcher import GenerationSettings, MicroBatcher
 from .limits import Limits, RequestError, check_range, check_text, decode_image_url, parse_size
@@ -37,24 +42,48 @@ PUBLIC_PATHS = ("/health",)  # reachable without the API key
 DEFAULT_MAX_NEW_TOKENS = 8  # the mini answers are a word or two
 
 
+DISCONNECT_POLL_S = 0.1  # how often a waiting request checks whether its client is still there
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by the client, who has gone
+
+
+class ClientGone(RequestError):
+    """The client disconnected before its answer was ready; nothing it sent was wrong."""
+
+    def __init__(self, when: str):
+        super().__init__(f"the client disconnected {when}", status=CLIENT_CLOSED, code="client_disconnected")
+
+
 def _error(err: RequestError) -> JSONResponse:
     headers = {"Retry-After": "1"} if err.status == 429 else None
     return JSONResponse(err.to_json(), status_code=err.status, headers=headers)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length claims)."""
+    """The JSON body, refused with 415 unless declared as JSON, and with 413 as soon as it passes `limit` bytes
+    (whatever Content-Length claims)."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RequestError(f"send the body as JSON with 'Content-Type: application/json' (got "
+                           f"{media_type or 'no Content-Type'!r})", status=415, code="unsupported_media_type")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(f"request body is {declared} bytes; the limit is {limit}", status=413,
                            code="request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"request body exceeds {limit} bytes", status=413, code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"request body exceeds {limit} bytes", status=413, code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:  # it closed before sending all it announced: no one is left to answer
+        raise ClientGone(f"after sending {size} bytes of its body") from None
     return b"".join(chunks)
+
+
+async def _until_disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def _png_b64(image, side: int) -> str:
@@ -107,21 +136,36 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
     app = FastAPI(title="openblip3o", summary="OpenAI-compatible BLIP3-o server", lifespan=lifespan)
     app.state.batcher, app.state.model_id, app.state.limits = batcher, model_id, limits
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if api_key is not None and request.url.path not in PUBLIC_PATHS:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if not header or scheme.lower() != "bearer" or not token.strip():
-                return _error(RequestError("missing API key: send 'Authorization: Bearer KEY'", status=401,
-                                           code="missing_api_key"))
-            # Constant-time comparison: response timing must not reveal how much of a guess was right.
-            if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                return _error(RequestError("incorrect API key provided", status=401, code="invalid_api_key"))
-        return await call_next(request)
+    def refusal(headers: Headers) -> RequestError | None:
+        """Why a /v1 request without the right `Authorization: Bearer KEY` is refused (None: it may pass)."""
+        header = headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header or scheme.lower() != "bearer" or not token.strip():
+            return RequestError("missing API key: send 'Authorization: Bearer KEY'", status=401, code="missing_api_key")
+        # Constant-time comparison: response timing must not reveal how much of a guess was right.
+        if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            return RequestError("incorrect API key provided", status=401, code="invalid_api_key")
+        return None
+
+    def authenticate(inner):
+        # A plain ASGI middleware rather than @app.middleware("http"): Starlette's BaseHTTPMiddleware hides the
+        # client's disconnect from the handler, which must see it to abandon the request's job.
+        async def middleware(scope, receive, send):
+            if scope["type"] == "http" and api_key is not None and scope["path"] not in PUBLIC_PATHS:
+                err = refusal(Headers(scope=scope))
+                if err is not None:
+                    await _error(err)(scope, receive, send)
+                    return
+            await inner(scope, receive, send)
+
+        return middleware
+
+    app.add_middleware(authenticate)
 
     @app.exception_handler(RequestError)
-    async def request_error(_request, err: RequestError):
+    async def request_error(request, err: RequestError):
+        if isinstance(err, ClientGone):
+            log.info("%s %s: %s", request.method, request.url.path, err.message)
         return _error(err)
 
     @app.exception_handler(StarletteHTTPException)
@@ -139,9 +183,14 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
             raise RequestError(f"The model `{name}` does not exist or you do not have access to it.", status=404,
                                param="model", code="model_not_found")
 
-    async def run(future):
+    async def run(future, request: Request):
+        """The batcher's result; a client that disconnects meanwhile abandons its job (see `MicroBatcher.abandon`)."""
+        result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_until_disconnected(request))
         try:
-            return await asyncio.wrap_future(future)
+            await asyncio.wait((result, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not result.done():
+                raise ClientGone("while its request was queued or running")
+            return result.result()
         except ValueError as err:  # the pipeline's own input checks: still the client's request
             raise RequestError(str(err)) from None
         except (RequestError, asyncio.CancelledError):
@@ -151,6 +200,11 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
             log.error("batch failed: %s: %s", type(err).__name__, err, exc_info=err)
             raise RequestError(f"the model failed on this batch ({type(err).__name__})", status=500,
                                type="server_error", code="batch_failed") from None
+        finally:
+            gone.cancel()
+            if not future.done():  # disconnected, or this handler was cancelled: nobody will read the result
+                batcher.abandon(future)
+                result.cancel()
 
     def model_card() -> dict:
         return {"id": model_id, "object": "model", "created": created, "owned_by": OWNER}
@@ -189,7 +243,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
                              ("decoder_guidance_scale", body.decoder_guidance_scale)):
             check_range(value, 0.0, limits.max_guidance, param)
         settings = GenerationSettings(body.steps, body.guidance_scale, body.decoder_steps, body.decoder_guidance_scale)
-        images = await run(batcher.generate(prompt, n, body.seed, settings))
+        images = await run(batcher.generate(prompt, n, body.seed, settings), request)
         encoded = await run_in_threadpool(lambda: [_png_b64(image, side) for image in images])
         return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded],
                 "output_format": "png", "size": f"{side}x{side}"}
@@ -209,7 +263,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
         question, url = _question_and_image(body)
         question = check_text(question, limits.max_question_chars, "messages", "question")
         image = await run_in_threadpool(decode_image_url, url, limits, "messages")
-        answer = await run(batcher.answer(image, question, max_new_tokens))
+        answer = await run(batcher.answer(image, question, max_new_tokens), request)
         prompt_tokens, completion_tokens = _count_tokens(pipe, question), _count_tokens(pipe, answer)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

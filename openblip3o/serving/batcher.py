@@ -5,6 +5,11 @@ pipeline call (generation jobs with equal step and guidance settings, questions 
 `max_batch` images or questions are in. Each image carries its own seeded generator, so an image is the same whether it
 ran alone or in a batch of 16 (the pipeline guarantees batch == alone). Callers get a `concurrent.futures.Future`;
 asyncio code awaits it with `asyncio.wrap_future`.
+
+A request's bad input fails that request alone: when a batch of several requests raises, each is run again by itself,
+so only the one that raises on its own fails. A client that gives up (`abandon(future)`) costs nothing more: a queued
+job leaves the queue at once, and a running batch whose every job was abandoned stops at its next denoising step (a
+forward pre-hook on the pipeline's generator and decoder modules, where the pipeline has them).
 """
 
 from __future__ import annotations
@@ -39,12 +44,17 @@ class GenerationSettings:
     decoder_guidance: float | None = None
 
 
-@dataclass
+class Abandoned(RuntimeError):
+    """Every job of the running batch was abandoned by its client: raised between denoising steps to stop it."""
+
+
+@dataclass(eq=False)
 class _Job:
     kind: str  # "generate" | "answer"
     key: tuple  # jobs with equal keys may share a batch
     items: list  # generate: [(prompt, seed)], answer: [(image, question)]
     future: Future = field(default_factory=Future)
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
 
 def random_seed() -> int:
@@ -59,8 +69,11 @@ class MicroBatcher:
         self._pending: collections.deque[_Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
-        self.stats = {"batches": 0, "images": 0, "answers": 0, "largest_batch": 0}
+        self.stats = {"batches": 0, "images": 0, "answers": 0, "largest_batch": 0, "abandoned": 0}
+        self._jobs: dict[Future, _Job] = {}  # every queued or running job, by its future (for `abandon`)
+        self._current: list[_Job] = []  # the batch the worker is running
         self._thread = threading.Thread(target=self._run, name="openblip3o-batcher", daemon=True)
+        self._hooks = self._install_stop_hooks()
         self._thread.start()
 
     # --- public API ------------------------------------------------------------------------------------------------
@@ -75,6 +88,20 @@ class MicroBatcher:
         """Queue one question about one image. Resolves to the answer string."""
         return self._submit(_Job("answer", ("answer", max_new_tokens), [(image, question)]))
 
+    def abandon(self, future: Future) -> None:
+        """The client of `future` gave up: a queued job leaves the queue now; a running batch stops at its next
+        denoising step once all of its jobs are abandoned (jobs shared with live clients still finish)."""
+        with self._cond:
+            job = self._jobs.get(future)
+            if job is None:
+                return
+            job.abandoned.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                del self._jobs[future]
+                self.stats["abandoned"] += 1
+            future.cancel()  # a no-op once running; a job taken for a batch but not yet started is then skipped
+
     @property
     def queue_length(self) -> int:
         with self._cond:
@@ -86,10 +113,32 @@ class MicroBatcher:
             self._closed = True
             dropped = list(self._pending)
             self._pending.clear()
+            self._jobs.clear()
             self._cond.notify_all()
         for job in dropped:
-            job.future.set_exception(RuntimeError("the server is shutting down"))
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(RuntimeError("the server is shutting down"))
         self._thread.join(timeout)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _install_stop_hooks(self) -> list:
+        """Forward pre-hooks on the modules called once per denoising step: they stop a batch nobody waits for."""
+        model = getattr(self.pipe, "model", None)
+        hooks = []
+        for name in ("generator", "decoder"):
+            module = getattr(model, name, None)
+            if callable(getattr(module, "register_forward_pre_hook", None)):
+                hooks.append(module.register_forward_pre_hook(self._stop_if_abandoned))
+        return hooks
+
+    def _stop_if_abandoned(self, _module, _args) -> None:
+        if threading.current_thread() is not self._thread:
+            return  # the same pipeline used elsewhere (a test, a script) is never touched
+        batch = self._current
+        if batch and all(job.abandoned.is_set() for job in batch):
+            raise Abandoned("every request of this batch was abandoned by its client")
 
     # --- worker ----------------------------------------------------------------------------------------------------
     def _submit(self, job: _Job) -> Future:
@@ -99,6 +148,7 @@ class MicroBatcher:
             if len(self._pending) >= self.limits.max_queue:
                 raise QueueFull(self.limits.max_queue)
             self._pending.append(job)
+            self._jobs[job.future] = job
             self._cond.notify_all()
         return job.future
 
@@ -127,21 +177,56 @@ class MicroBatcher:
 
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
-            # A client that gave up (cancelled future) costs nothing more.
-            batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not batch:
-                continue
-            try:
-                results = self._generate(batch) if batch[0].kind == "generate" else self._answer(batch)
-            except Exception as err:  # noqa: BLE001 - the worker must survive anything a batch raises
+            with self._cond:  # under the lock: `abandon` sees each job either cancelled here or in _current
+                live = []
                 for job in batch:
-                    job.future.set_exception(err)
-                continue
-            start = 0
+                    if job.future.set_running_or_notify_cancel():
+                        live.append(job)
+                    else:  # abandoned after it was taken from the queue, before it started
+                        self._jobs.pop(job.future, None)
+                        self.stats["abandoned"] += 1
+                batch = self._current = live
+            if batch:
+                self._execute(batch)
+            with self._cond:
+                self._current = []
+
+    def _execute(self, batch: list[_Job]) -> None:
+        """Run one batch and resolve its futures. A batch of several jobs that raises runs again one job at a time,
+        so a request whose input breaks the pipeline fails alone and its batch-mates are still served."""
+        self._current = batch
+        try:
+            results = self._generate(batch) if batch[0].kind == "generate" else self._answer(batch)
+        except Abandoned as err:
+            self._finish(batch, error=err)
+            self.stats["abandoned"] += len(batch)
+            return
+        except Exception as err:  # noqa: BLE001 - the worker must survive anything a batch raises
+            if len(batch) == 1:
+                self._finish(batch, error=err)
+                return
             for job in batch:
-                chunk = results[start : start + len(job.items)]
-                job.future.set_result(chunk if job.kind == "generate" else chunk[0])
-                start += len(job.items)
+                if job.abandoned.is_set():
+                    self._finish([job], error=Abandoned("abandoned by its client"))
+                    self.stats["abandoned"] += 1
+                else:
+                    self._execute([job])
+            return
+        start = 0
+        for job in batch:
+            chunk = results[start : start + len(job.items)]
+            self._finish([job], result=chunk if job.kind == "generate" else chunk[0])
+            start += len(job.items)
+
+    def _finish(self, jobs: list[_Job], result=None, error: BaseException | None = None) -> None:
+        with self._cond:
+            for job in jobs:
+                self._jobs.pop(job.future, None)
+        for job in jobs:
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
 
     def _generate(self, batch: list[_Job]) -> list:
         import torch

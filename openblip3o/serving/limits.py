@@ -62,6 +62,8 @@ class RequestError(Exception):
 
     def __init__(self, message: str, status: int = 400, param: str | None = None, code: str | None = None,
                  type: str = "invalid_request_error"):
+        # Messages may quote client input; a lone surrogate in one could not be encoded as the UTF-8 JSON response.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message, self.status, self.param, self.code, self.type = message, status, param, code, type
 
@@ -73,6 +75,11 @@ def check_text(text, limit: int, param: str, what: str) -> str:
     """A non-empty string of at most `limit` characters, stripped."""
     if not isinstance(text, str):
         raise RequestError(f"{param} must be a string", param=param, code="invalid_type")
+    try:
+        text.encode("utf-8")  # JSON's "\ud800" and a shell's undecodable bytes arrive as lone surrogates
+    except UnicodeEncodeError as err:
+        raise RequestError(f"{what} is not valid Unicode text: a lone surrogate ({text[err.start]!a}) at character "
+                           f"{err.start}", param=param, code="invalid_" + what.replace(" ", "_")) from None
     text = text.strip()
     if not text:
         raise RequestError(f"{what} is empty", param=param, code="empty_" + what.replace(" ", "_"))
@@ -106,10 +113,14 @@ def decode_image_bytes(data: bytes, limits: Limits, param: str = "image") -> Ima
             image.load()
             # The mode is kept: the backbone converts to RGB itself, compositing transparency on black as trained.
             return image
-    except Image.DecompressionBombError as err:
-        raise RequestError(f"image refused as a decompression bomb: {err}", status=413, param=param,
-                           code="image_too_large") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except Image.DecompressionBombError:
+        # Pillow's own cap (twice its MAX_IMAGE_PIXELS) fires in Image.open, before ours can: name ours, the one in force.
+        raise RequestError(f"image is larger than the limit of {limits.max_image_pixels} pixels", status=413,
+                           param=param, code="image_too_large") from None
+    except UnidentifiedImageError:  # its message names the BytesIO object it was given, which says nothing
+        raise RequestError("image could not be decoded: not a PNG, JPEG, WebP or other image format Pillow reads",
+                           status=422, param=param, code="invalid_image") from None
+    except (OSError, SyntaxError, ValueError) as err:
         # 422: the request is well formed, but what it carries cannot be processed.
         raise RequestError(f"image could not be decoded ({type(err).__name__}: {err})", status=422, param=param,
                            code="invalid_image") from None
