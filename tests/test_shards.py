@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -30,6 +31,8 @@ def keys_of(reader) -> list[str]:
 
 def test_write_layout_and_manifest(shapes_dir):
     manifest = json.loads((shapes_dir / "manifest.json").read_text())
+    checksums = manifest.pop("sha256")  # what a rerun checks each shard against
+    assert checksums == {name: hashlib.sha256((shapes_dir / name).read_bytes()).hexdigest() for name in manifest["shards"]}
     assert manifest == {
         "split": "train", "seed": SEED, "num": NUM, "shard_size": SHARD_SIZE, "image_size": 64,
         "shards": ["shapes-train-000000.tar", "shapes-train-000001.tar", "shapes-train-000002.tar"],

@@ -2,22 +2,27 @@
 
 Writing: each shard is a pure function of (split, seed, index range), so shards are made independently in a
 process pool, each written under a temporary name and renamed into place, so a shard is either complete or
-absent and a rerun only makes the missing ones.
+absent and a rerun only makes the missing ones. The manifest records each shard's SHA-256; a rerun keeps a shard
+only if it matches (or, unrecorded, if every member reads back intact), so a shard damaged since is remade.
 
 Reading: one `ShardReader` serves ShapesWorld shards and users' own `{jpg|jpeg|png|webp, txt|json}` tars. Its
 order is a deterministic function of (seed, epoch), so a position in it (`state_dict`) is enough to resume.
-Damaged data is skipped, counted in `reader.skipped`, and reported with a `CorruptSampleWarning`.
+Damaged data is skipped, counted in `reader.skipped`, and reported with a `CorruptSampleWarning`: every sample of a
+shard is either read or counted, including those behind a damaged member header (see `ShardReader._read_plain`).
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import os
 import random
+import re
 import tarfile
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -28,7 +33,7 @@ from pathlib import Path
 import webdataset
 from PIL import Image
 from tqdm import tqdm
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
 from .shapes import ShapesWorld, WorldConfig
 
@@ -43,6 +48,11 @@ TAR_BLOCK = 512
 END_OF_ARCHIVE = 2 * TAR_BLOCK  # POSIX tars end with two zero blocks; without them the file was cut short
 BUFFER_STREAM_OFFSET = 1 << 32  # the buffer shuffle's generator is independent of the shard-order one
 GLOB_CHARS = "*?["
+SCAN_CHUNK = 1 << 20  # bytes read at a time when looking past damage
+TOUCHED = "__damaged__"  # internal mark on a raw sample that a damaged stretch may have taken members from
+NUMBERED_KEY = re.compile(r"(.*?)(\d+)")  # webdataset keys usually end in a running number
+# gzip, bzip2, xz, zstd: such tars can only be streamed, so damage ends their reading (counted once)
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -68,21 +78,58 @@ def encode_example(example) -> dict:
     return {"__key__": example.key, "png": buffer.getvalue(), "json": json.dumps(example.annotation).encode()}
 
 
-def _shard_is_complete(path: Path, split: str, seed: int, start: int, stop: int) -> bool:
-    """Whether an existing shard holds exactly examples [start, stop) of this split and seed.
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(SCAN_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    Renaming makes shards all-or-nothing, but a shard left by a run with another `num` or seed must still be
-    remade; its member count and its first and last annotations tell (headers and two small reads).
-    """
+
+def _members_are_intact(path: Path, split: str, seed: int, start: int, stop: int) -> bool:
+    """Whether a shard without a recorded checksum holds examples [start, stop) of this split and seed, every
+    member readable: tar headers, each PNG's chunk CRCs and pixels, each JSON and its split, seed and index."""
     try:
         with tarfile.open(path, "r:") as tar:
-            members = [m for m in tar.getmembers() if m.name.endswith(".json")]
-            if len(members) != stop - start or len(tar.getmembers()) != 2 * (stop - start):
+            members = tar.getmembers()
+            if len(members) != 2 * (stop - start) or not all(m.isfile() for m in members):
                 return False
-            first, last = (json.load(tar.extractfile(m)) for m in (members[0], members[-1]))
-        return (first["split"], first["seed"], first["index"], last["index"]) == (split, seed, start, stop - 1)
-    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError):  # unreadable or foreign: remake it
+            data = {m.name: tar.extractfile(m).read() for m in members}
+        keys = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in data))
+        if len(keys) != stop - start:
+            return False
+        for index, key in zip(range(start, stop), keys):
+            meta = json.loads(data[f"{key}.json"])
+            if (meta["split"], meta["seed"], meta["index"]) != (split, seed, index):
+                return False
+            with Image.open(io.BytesIO(data[f"{key}.png"])) as image:
+                image.verify()  # every chunk's CRC, IDAT included (load() skips the IDAT CRCs)
+            with Image.open(io.BytesIO(data[f"{key}.png"])) as image:
+                image.load()
+        return _plain_tar_is_complete(path)
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError, SyntaxError, EOFError, zlib.error):
+        return False  # unreadable, damaged or foreign: remake it
+
+
+def _plain_tar_is_complete(path: Path) -> bool:
+    """Whether a tar reads to its end-of-archive marker with no damaged stretch on the way."""
+    with open(path, "rb") as stream:
+        return not any(kind == "damage" for kind, *_ in _plain_tar_members(stream))
+
+
+def _shard_is_complete(path: Path, task: "_ShardTask") -> bool:
+    """Whether an existing shard holds exactly examples [task.start, task.stop) of this split and seed, intact.
+
+    Renaming makes shards all-or-nothing, but a shard may have been damaged since it was written, or left by a run
+    with another `num` or seed. The manifest records each finished shard's SHA-256: a shard it records is checked
+    against that. A shard it does not record (finished by a killed run, or written before checksums were kept) is
+    checked member by member (`_members_are_intact`), the check that catches a corrupted PNG.
+    """
+    if not path.is_file():
         return False
+    if task.sha256 is not None:
+        return _file_sha256(path) == task.sha256
+    return _members_are_intact(path, task.split, task.seed, task.start, task.stop)
 
 
 @dataclass(frozen=True)
@@ -93,14 +140,15 @@ class _ShardTask:
     shard: int
     start: int
     stop: int
+    sha256: str | None = None  # recorded by the manifest of an earlier run that wrote this very range
 
 
-def _write_shard(task: _ShardTask) -> tuple[str, bool]:
-    """Write one shard atomically unless it is already complete; return (name, whether it was written)."""
+def _write_shard(task: _ShardTask) -> tuple[str, bool, str]:
+    """Write one shard atomically unless it is already complete; return (name, whether it was written, SHA-256)."""
     split, seed, start, stop = task.split, task.seed, task.start, task.stop
     final = Path(task.out_dir) / shard_name(split, task.shard)
-    if _shard_is_complete(final, split, seed, start, stop):
-        return final.name, False
+    if _shard_is_complete(final, task):
+        return final.name, False, task.sha256 or _file_sha256(final)
     temp = final.with_name(f".{final.name}.{os.getpid()}{TEMP_SUFFIX}")
     world = _world(split, seed)
     try:
@@ -110,10 +158,24 @@ def _write_shard(task: _ShardTask) -> tuple[str, bool]:
                     writer.write(encode_example(world[index]))
             stream.flush()
             os.fsync(stream.fileno())  # the data must be on disk before the name says the shard is complete
+        digest = _file_sha256(temp)
         os.replace(temp, final)
     finally:
         temp.unlink(missing_ok=True)
-    return final.name, True
+    return final.name, True, digest
+
+
+def _recorded_checksums(out: Path, split: str, seed: int) -> dict[str, tuple[int, int, str]]:
+    """{shard name: (start, stop, sha256)} from an earlier run's manifest of the same split and seed."""
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        if (manifest["split"], manifest["seed"]) != (split, seed):
+            return {}
+        num, size, checksums = int(manifest["num"]), int(manifest["shard_size"]), dict(manifest["sha256"])
+        return {name: (j * size, min(num, (j + 1) * size), checksums[name])
+                for j, name in enumerate(manifest["shards"]) if name in checksums}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def write_shapes_shards(
@@ -136,16 +198,23 @@ def write_shapes_shards(
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".shapes-{split}-*{TEMP_SUFFIX}"):  # left by a killed run
         stale.unlink(missing_ok=True)
-    tasks = [
-        _ShardTask(str(out), split, seed, shard, start, min(num, start + shard_size))
-        for shard, start in enumerate(range(0, num, shard_size))
-    ]
+    recorded = _recorded_checksums(out, split, seed)
+
+    def task(shard: int, start: int) -> _ShardTask:
+        stop = min(num, start + shard_size)
+        earlier = recorded.get(shard_name(split, shard))
+        return _ShardTask(str(out), split, seed, shard, start, stop,
+                          earlier[2] if earlier is not None and earlier[:2] == (start, stop) else None)
+
+    tasks = [task(shard, start) for shard, start in enumerate(range(0, num, shard_size))]
+    checksums: dict[str, str] = {}
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks), desc=f"shapes {split} shards", unit="shard", disable=not progress)
     kept = 0
     with bar:
         with Pool(workers) if workers > 1 else nullcontext() as pool:  # no pool for one worker: easier to debug
-            for _, written in pool.imap_unordered(_write_shard, tasks) if pool else map(_write_shard, tasks):
+            for name, written, digest in pool.imap_unordered(_write_shard, tasks) if pool else map(_write_shard, tasks):
+                checksums[name] = digest
                 kept += not written
                 bar.set_postfix(kept=kept, refresh=False)  # shards found complete from an earlier run
                 bar.update()
@@ -156,6 +225,7 @@ def write_shapes_shards(
         "shard_size": shard_size,
         "shards": [shard_name(split, task.shard) for task in tasks],
         "image_size": WorldConfig().image_size,
+        "sha256": {name: checksums[name] for name in sorted(checksums)},  # what a rerun checks each shard against
     }
     temp = out / f".{MANIFEST_NAME}{TEMP_SUFFIX}"
     temp.write_text(json.dumps(manifest, indent=2))
@@ -223,12 +293,89 @@ def _buffer_shuffle(items: Iterable, size: int, rng: random.Random) -> Iterator:
     yield from buffer
 
 
-def _has_end_marker(stream) -> bool:
-    """Whether an uncompressed tar ends with its zero blocks (tarfile silently stops at a cut between members)."""
+def _first_nonzero(stream, start: int, size: int) -> int | None:
+    """The offset of the first non-zero byte in [start, size), or None."""
+    position = start
+    while position < size:
+        chunk = os.pread(stream.fileno(), min(SCAN_CHUNK, size - position), position)
+        if not chunk:
+            return None
+        stripped = chunk.lstrip(b"\0")
+        if stripped:
+            return position + len(chunk) - len(stripped)
+        position += len(chunk)
+    return None
+
+
+def _next_header(stream, start: int, size: int) -> int | None:
+    """The first block-aligned offset >= start holding a valid tar header (checksum and fields), or None."""
+    offset = -(-start // TAR_BLOCK) * TAR_BLOCK
+    while offset + TAR_BLOCK <= size:
+        block = os.pread(stream.fileno(), TAR_BLOCK, offset)
+        if any(block):
+            try:
+                tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+                return offset
+            except tarfile.HeaderError:
+                pass
+        offset += TAR_BLOCK
+    return None
+
+
+def _plain_tar_members(stream) -> Iterator[tuple]:
+    """("member", name, bytes) for each file of an uncompressed tar in file order, and ("damage", start, resume) for
+    each stretch tarfile cannot read: resume is the next intact header, or None when none follows (a cut file too).
+
+    tarfile ends quietly at a zeroed header, at an invalid one and at a cut between members; what follows the place
+    it stopped tells them apart: zero blocks up to the end (at least the two of the end-of-archive marker) is a clean
+    end, anything else is damage, and reading resumes at the next valid header.
+    """
     size = os.fstat(stream.fileno()).st_size
-    if size < END_OF_ARCHIVE or size % TAR_BLOCK:
-        return False
-    return not any(os.pread(stream.fileno(), END_OF_ARCHIVE, size - END_OF_ARCHIVE))
+    start = 0
+    while True:
+        stop = start  # the end of the last member read whole
+        stream.seek(start)
+        try:
+            tar = tarfile.TarFile(fileobj=stream, mode="r")  # reads from the stream's position on
+            while (member := tar.next()) is not None:
+                if member.isfile():
+                    data = tar.extractfile(member).read()  # raises ReadError on data cut short
+                    yield "member", member.name, data
+                stop = tar.offset
+        except (tarfile.TarError, EOFError):
+            pass  # a header tarfile refuses, or data running past the end: damage at `stop`
+        nonzero = _first_nonzero(stream, stop, size)
+        if nonzero is None:
+            if size - stop >= END_OF_ARCHIVE:
+                return  # the end-of-archive marker: a complete tar
+            yield "damage", stop, None  # ends without its marker: cut short
+            return
+        resume = _next_header(stream, max(stop + TAR_BLOCK, nonzero), size)
+        yield "damage", stop, resume
+        if resume is None:
+            return
+        start = resume
+
+
+def _key_gap(before: str | None, after: str) -> int | None:
+    """How many keys lie strictly between two keys with the same prefix and a numeric suffix (None: cannot tell)."""
+    if before is None:
+        return None
+    a, b = NUMBERED_KEY.fullmatch(before), NUMBERED_KEY.fullmatch(after)
+    if a is None or b is None or a.group(1) != b.group(1):
+        return None
+    gap = int(b.group(2)) - int(a.group(2)) - 1
+    return gap if gap >= 0 else None
+
+
+def _read_manifest(folder: Path) -> dict[str, int]:
+    """{shard name: sample count} from a `write_shapes_shards` manifest in `folder` ({} when there is none)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        num, size, names = int(manifest["num"]), int(manifest["shard_size"]), list(manifest["shards"])
+    except (OSError, ValueError, KeyError, TypeError):  # none, or another tool's (curation writes one too)
+        return {}
+    return {name: max(0, min(size, num - j * size)) for j, name in enumerate(names)}
 
 
 class ShardReader:
@@ -248,6 +395,7 @@ class ShardReader:
         self.seed, self.shuffle_buffer, self.shuffle = seed, shuffle_buffer, shuffle
         self.epoch, self.position = epoch, 0
         self.skipped: Counter = Counter()  # reason -> count, over this reader's lifetime
+        self._manifests: dict[str, dict[str, int]] = {}  # folder -> {shard name: sample count}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -279,29 +427,130 @@ class ShardReader:
         yield from _buffer_shuffle(stream, self.shuffle_buffer, rng)
 
     def _read_shard(self, path: str) -> Iterator[dict]:
-        """Group one tar's members into samples; a damaged tar yields what precedes the damage."""
+        """Group one tar's members into samples, counting every sample that cannot be read (see `_read_plain`)."""
         name = os.path.basename(path)
+        with open(path, "rb") as stream:
+            compressed = stream.read(len(max(COMPRESSED_MAGIC, key=len))).startswith(COMPRESSED_MAGIC)
+            stream.seek(0)
+            if compressed:
+                yield from self._read_compressed(name, stream)
+            else:
+                yield from self._read_plain(name, stream, self._expected_samples(path))
+
+    def _read_compressed(self, name: str, stream) -> Iterator[dict]:
+        """A compressed tar can only be streamed: a damaged one yields what precedes the damage, counted once."""
         last_member = "<none>"
 
-        def members(stream) -> Iterator[dict]:
+        def members() -> Iterator[dict]:
             nonlocal last_member
             for member in tar_file_iterator(stream):  # raises tarfile.ReadError on a cut inside a member
                 last_member = member["fname"]
                 yield member | {"__url__": name}
-            if path.endswith(".tar") and not _has_end_marker(stream):
-                raise _TruncatedShard("the file ends without the end-of-archive marker")
 
         def on_duplicate(error: Exception) -> bool:
             self._skip("duplicate_member", name, "?", error)
             return True  # keep the first copy, go on
 
         try:
-            with open(path, "rb") as stream:
-                yield from group_by_keys(members(stream), handler=on_duplicate)
-        except (tarfile.TarError, EOFError, _TruncatedShard) as error:
-            # Earlier samples were already yielded; the one being assembled at the cut may lack members, so
-            # it is dropped and covered by this count rather than returned incomplete.
+            yield from group_by_keys(members(), handler=on_duplicate)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
             self._skip("truncated_tar", name, f"after member {last_member}", f"{error}; sample in progress dropped")
+
+    def _read_plain(self, name: str, stream, expected: int | None) -> Iterator[dict]:
+        """An uncompressed tar's samples, read past any damage.
+
+        tarfile stops without a word at a damaged header (zeroed: it looks like the end; garbage: an invalid header).
+        `_plain_tar_members` finds each damaged stretch and the next intact header after it; here the samples it
+        touched are judged: the one in progress at the damage and the first one after it are dropped (and counted)
+        when they lack members an intact sample of this shard has, and whole samples inside the stretch are counted
+        from the gap in the numeric keys around it (`shapes-...-000012` -> `000015`: two lost). A shard listed in a
+        `manifest.json` beside it (written by `write_shapes_shards`) also has its sample count checked at the end, so
+        samples lost where the keys cannot tell (a cut end, keys without numbers) are counted too.
+        """
+        seen = lost = 0
+        reference: frozenset | None = None  # the member extensions of the latest intact sample
+        current: dict | None = None
+        last_key: str | None = None  # the key of the last sample started before a damaged stretch
+        after_damage, truncated = False, False
+        last_member = "<none>"
+
+        def count(reason: str, key: str, detail, n: int = 1) -> None:
+            nonlocal lost
+            lost += n
+            self._skip(reason, name, key, detail, n)
+
+        def finish(sample: dict | None) -> dict | None:
+            """The sample to yield, or None (dropped and counted) when damage took some of its members."""
+            nonlocal seen, reference
+            if sample is None:
+                return None
+            touched = sample.pop(TOUCHED, False)
+            extensions = frozenset(k for k in sample if not k.startswith("__"))
+            if touched and reference is not None and not extensions >= reference:
+                count("damaged_tar", sample["__key__"], f"members lost in a damaged stretch; has {sorted(extensions)}"
+                      f", an intact sample has {sorted(reference)}")
+                return None
+            if not touched:
+                reference = extensions
+            seen += 1
+            return sample
+
+        for kind, *event in _plain_tar_members(stream):
+            if kind == "damage":
+                start, resume = event
+                if resume is None:  # nothing readable up to the end of the file
+                    truncated = True
+                    if current is not None:
+                        count("truncated_tar", current["__key__"], f"after member {last_member}: the file is cut or "
+                              f"damaged from byte {start} to its end; sample in progress dropped")
+                        current = None
+                    elif seen + lost == 0:
+                        count("truncated_tar", "<none>", f"no sample readable: damaged from byte {start}")
+                    break
+                if current is not None:
+                    current[TOUCHED] = True
+                    last_key = current["__key__"]
+                after_damage = True
+                self._damage_note(name, start, resume)
+                continue
+            fname, data = event
+            last_member = fname
+            key, extension = base_plus_ext(fname)
+            if key is None:
+                continue  # no extension: not a sample's member (webdataset skips these too)
+            extension = extension.lower()
+            if current is not None and key == current["__key__"]:
+                after_damage = False  # the sample in progress goes on after the damaged stretch
+                if extension in current:
+                    self._skip("duplicate_member", name, key, f"second {extension!r} member ignored")
+                else:
+                    current[extension] = data
+                continue
+            if (sample := finish(current)) is not None:
+                yield sample
+            if after_damage:
+                gap = _key_gap(last_key, key)
+                if gap:
+                    count("damaged_tar", f"between {last_key} and {key}", "whole samples inside a damaged stretch "
+                          "(counted from the key sequence)", gap)
+            current = {"__key__": key, "__url__": name, extension: data, TOUCHED: after_damage}
+            after_damage = False
+        if not truncated and (sample := finish(current)) is not None:
+            yield sample
+        if expected is not None and seen + lost < expected:
+            count("missing_samples", "<end>", f"the manifest lists {expected} samples for this shard; "
+                  f"{seen} were read and {lost} counted as damaged", expected - seen - lost)
+
+    def _damage_note(self, name: str, start: int, resume: int) -> None:
+        warnings.warn(f"shard {name}: bytes {start}-{resume} are damaged; reading goes on at the next intact member",
+                      CorruptSampleWarning, stacklevel=3)
+
+    def _expected_samples(self, path: str) -> int | None:
+        """The sample count of `path` from the `manifest.json` beside it, when that manifest lists it."""
+        folder, name = os.path.split(os.path.abspath(path))
+        if folder not in self._manifests:
+            self._manifests[folder] = _read_manifest(Path(folder))
+        return self._manifests[folder].get(name)
 
     def _decode(self, raw: dict) -> Sample | None:
         """Decode one raw sample, or count and warn about why it cannot be used and return None."""
@@ -334,6 +583,8 @@ class ShardReader:
             return self._skip("bad_image", source, key, error)
         return Sample(key=key, image=image, text=text, meta=meta, source=source)
 
-    def _skip(self, reason: str, shard: str, key: str, detail) -> None:
-        self.skipped[reason] += 1
-        warnings.warn(f"skipped ({reason}) in shard {shard}, key {key}: {detail}", CorruptSampleWarning, stacklevel=2)
+    def _skip(self, reason: str, shard: str, key: str, detail, count: int = 1) -> None:
+        self.skipped[reason] += count
+        what = "" if count == 1 else f"{count} samples "
+        warnings.warn(f"skipped {what}({reason}) in shard {shard}, key {key}: {detail}", CorruptSampleWarning,
+                      stacklevel=2)
