@@ -290,3 +290,35 @@ def test_a_batch_shared_with_a_live_client_still_finishes():
         assert len(stays.result(10)) == 1
     finally:
         batcher.close()
+
+
+# --- found by the fuzz tests ----------------------------------------------------------------------------------------
+def test_closed_batcher_answers_503_and_a_new_lifespan_restarts_it():
+    """An ASGI lifespan may run twice (test clients, schemathesis): the second must not find a dead batcher (once a
+    RuntimeError, so a 500 for every request)."""
+    from starlette.testclient import TestClient
+
+    stub = SteppedPipe()
+    stub.STEPS = 1
+    app = create_app(stub, "stub", limits=Limits(max_wait_ms=0))
+    with TestClient(app) as client:
+        assert client.post(IMAGES, json={"prompt": "a star"}).status_code == 200
+    client = TestClient(app)  # no lifespan: the batcher stays closed
+    closed = client.post(IMAGES, json={"prompt": "a star"})
+    assert_error(closed.status_code, closed.json(), 503, "shutting_down")
+    with TestClient(app) as client:
+        assert client.post(IMAGES, json={"prompt": "a star"}).status_code == 200
+    app.state.batcher.close()
+
+
+def test_default_answer_length_respects_a_lower_limit():
+    """A server started with max_new_tokens below the default of 8 refused every question sent without max_tokens."""
+    from starlette.testclient import TestClient
+
+    stub = SteppedPipe()
+    stub.answer = lambda images, questions, max_new_tokens: ["red"] * len(images)
+    app = create_app(stub, "stub", limits=Limits(max_new_tokens=4, max_wait_ms=0))
+    with TestClient(app) as client:
+        reply = client.post(CHAT, json={"model": "stub", "messages": chat_messages(
+            data_url(png_bytes(Image.new("RGB", (8, 8)))))})
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "red", reply.text

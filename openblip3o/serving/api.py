@@ -86,6 +86,58 @@ async def _until_disconnected(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
+def _json_body(model) -> dict:
+    """The OpenAPI requestBody of a route that parses `model` itself (`parse_body`: OpenAI's error shapes, the size
+    limit before reading): FastAPI cannot see such a body, so the schema says it, and clients and fuzzers read it."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def _bounds(model_id: str, limits: Limits) -> dict[str, dict[str, dict]]:
+    """What this server accepts beyond each field's type, as JSON Schema keywords: {model: {field: keywords}}."""
+    steps, guidance = {"minimum": 1, "maximum": limits.max_steps}, {"minimum": 0, "maximum": limits.max_guidance}
+    return {
+        "ImageGenerationRequest": {
+            "prompt": {"minLength": 1, "maxLength": limits.max_prompt_chars}, "model": {"enum": [model_id]},
+            "n": {"minimum": 1, "maximum": limits.max_n}, "size": {"pattern": r"^(auto|\d{1,5}x\d{1,5})$"},
+            "response_format": {"enum": ["b64_json"]}, "output_format": {"enum": ["png"]}, "stream": {"enum": [False]},
+            "seed": {"minimum": 0, "maximum": MAX_SEED}, "steps": steps, "decoder_steps": steps,
+            "guidance_scale": guidance, "decoder_guidance_scale": guidance,
+        },
+        "ChatCompletionRequest": {
+            "model": {"enum": [model_id]}, "max_tokens": {"minimum": 1, "maximum": limits.max_new_tokens},
+            "max_completion_tokens": {"minimum": 1, "maximum": limits.max_new_tokens}, "n": {"enum": [1]},
+            "stream": {"enum": [False]},
+        },
+    }
+
+
+def _document_bodies(app: FastAPI, model_id: str, limits: Limits) -> None:
+    """Add the request models (and the models they nest) to the OpenAPI document's components, with this server's
+    bounds on their values (the served model id, `n`, lengths, steps): clients, and fuzzers, read what is accepted."""
+    from pydantic.json_schema import models_json_schema
+
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = original()
+            _, defs = models_json_schema([(ImageGenerationRequest, "validation"), (ChatCompletionRequest, "validation")],
+                                         ref_template="#/components/schemas/{model}")
+            defs = defs.get("$defs", {})
+            for model, fields in _bounds(model_id, limits).items():
+                for field, keywords in fields.items():
+                    prop = defs[model]["properties"][field]
+                    # `T | None` is anyOf [T, null]: the bounds go on the T branch
+                    target = next((b for b in prop.get("anyOf", []) if b.get("type") != "null"), prop)
+                    target.update(keywords)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def _png_b64(image, side: int) -> str:
     from PIL import Image
 
@@ -130,10 +182,12 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
+        batcher.start()  # running already unless an earlier lifespan of this app closed it
         yield
         await run_in_threadpool(batcher.close)
 
     app = FastAPI(title="openblip3o", summary="OpenAI-compatible BLIP3-o server", lifespan=lifespan)
+    _document_bodies(app, model_id, limits)
     app.state.batcher, app.state.model_id, app.state.limits = batcher, model_id, limits
 
     def refusal(headers: Headers) -> RequestError | None:
@@ -222,7 +276,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
         check_model(name)
         return model_card()
 
-    @app.post("/v1/images/generations")
+    @app.post("/v1/images/generations", openapi_extra=_json_body(ImageGenerationRequest))
     async def generate_images(request: Request):
         body = parse_body(await _read_body(request, limits.max_body_bytes), ImageGenerationRequest)
         check_model(body.model)
@@ -248,7 +302,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
         return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded],
                 "output_format": "png", "size": f"{side}x{side}"}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_json_body(ChatCompletionRequest))
     async def chat_completions(request: Request):
         body = parse_body(await _read_body(request, limits.max_body_bytes), ChatCompletionRequest)
         check_model(body.model)
@@ -258,7 +312,8 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
             raise RequestError("only n=1 is supported", param="n", code="unsupported_value")
         budget = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        max_new_tokens = check_range(DEFAULT_MAX_NEW_TOKENS if budget is None else budget, 1, limits.max_new_tokens,
+        default = min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)  # a server may cap answers below the default
+        max_new_tokens = check_range(default if budget is None else budget, 1, limits.max_new_tokens,
                                      param)
         question, url = _question_and_image(body)
         question = check_text(question, limits.max_question_chars, "messages", "question")

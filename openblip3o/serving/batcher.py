@@ -72,9 +72,20 @@ class MicroBatcher:
         self.stats = {"batches": 0, "images": 0, "answers": 0, "largest_batch": 0, "abandoned": 0}
         self._jobs: dict[Future, _Job] = {}  # every queued or running job, by its future (for `abandon`)
         self._current: list[_Job] = []  # the batch the worker is running
-        self._thread = threading.Thread(target=self._run, name="openblip3o-batcher", daemon=True)
-        self._hooks = self._install_stop_hooks()
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._hooks: list = []
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker (done on construction); after `close`, start it again (an ASGI app's lifespan may run
+        more than once: test clients start and stop it around their requests)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive() and not self._closed:
+                return
+            self._closed = False
+            self._thread = threading.Thread(target=self._run, name="openblip3o-batcher", daemon=True)
+            self._hooks = self._hooks or self._install_stop_hooks()
+            self._thread.start()
 
     # --- public API ------------------------------------------------------------------------------------------------
     def generate(self, prompt: str, n: int = 1, seed: int | None = None,
@@ -144,7 +155,8 @@ class MicroBatcher:
     def _submit(self, job: _Job) -> Future:
         with self._cond:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise RequestError("the server is shutting down; retry shortly", status=503, type="server_error",
+                                   code="shutting_down")
             if len(self._pending) >= self.limits.max_queue:
                 raise QueueFull(self.limits.max_queue)
             self._pending.append(job)
@@ -154,10 +166,11 @@ class MicroBatcher:
 
     def _take_batch(self) -> list[_Job] | None:
         """Block for a job, then gather compatible jobs for up to max_wait_ms or until the batch is full."""
+        me = threading.current_thread()
         with self._cond:
-            while not self._pending and not self._closed:
+            while not self._pending and not self._closed and self._thread is me:
                 self._cond.wait()
-            if self._closed:
+            if self._closed or self._thread is not me:  # closed, or replaced by a restarted worker
                 return None
             first = self._pending.popleft()
             batch, size = [first], len(first.items)
