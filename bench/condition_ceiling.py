@@ -27,7 +27,7 @@ cfg = m.config; cfg.objective.shift = shift
 from openblip3o.objectives import build_objective
 m.objective = build_objective(cfg.objective)
 torch.manual_seed(0)
-m.generator = Generator(cfg.generator, m.target_encoder.token_dim, cfg.target.grid_size, m.backbone.condition_dim)
+m.generator = Generator(cfg.generator, m.target_encoder.latent_dim, cfg.target.grid_size, m.backbone.condition_dim)
 proj = torch.nn.Linear(256, 256)
 bb = m.backbone; tok = bb.tokenizer; emb = bb.model.get_input_embeddings()
 scale = 1.0 / emb.weight.detach().std()

@@ -83,6 +83,9 @@ class TargetConfig:
     model: dict = field(default_factory=dict)  # encoder config keyword arguments (tiny CLIP at mini scale)
     image_size: int = 64  # encoder input side
     grid_size: int = 8  # features are average-pooled to grid_size x grid_size tokens
+    # The generator produces the standardised features' top K principal components, lifted back to every channel
+    # before the decoder (0 = every channel, BLIP3-o). See models/principal.py.
+    principal_components: int = 0
 
 
 @dataclass

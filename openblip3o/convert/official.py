@@ -245,7 +245,7 @@ def convert_official(source: str | Path, out: str | Path, config: ModelConfig,
     encoder = build_target_encoder(target_cfg, text_vocab_size=len(tokenizer), eos_token_id=token_id(tokenizer, PAD_TOKEN))
     hidden = qwen_cfg.text_config.hidden_size
     with init_empty_weights():
-        generator = Generator(config.generator, encoder.token_dim, config.target.grid_size, hidden)
+        generator = Generator(config.generator, encoder.latent_dim, config.target.grid_size, hidden)
     _check(COMPONENT_GENERATOR, parts[COMPONENT_GENERATOR], generator.dit.state_dict(), problems)
     queries_shape = (1, config.backbone.num_queries, hidden)
     _check(COMPONENT_QUERIES, parts[COMPONENT_QUERIES], {"queries": torch.empty(queries_shape, device="meta")}, problems)

@@ -22,6 +22,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionMode
 
 from ..config import TargetConfig
 from .loading import CheckpointError, check_loading_info, load_state_strict, require_files
+from .principal import PrincipalComponents
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP; EVA-CLIP uses the same
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -107,6 +108,14 @@ class TargetEncoder(nn.Module):
         # Per-channel statistics of the tokens, so the generator can train on standardised targets.
         self.register_buffer("feature_mean", torch.zeros(token_dim))
         self.register_buffer("feature_std", torch.ones(token_dim))
+        # Optionally the generator works on the standardised features' top principal components (models/principal.py).
+        self.principal = (PrincipalComponents(token_dim, cfg.principal_components) if cfg.principal_components
+                          else None)
+
+    @property
+    def latent_dim(self) -> int:
+        """Channels per token the generator produces: the principal components kept, else every feature."""
+        return self.principal.components if self.principal is not None else self.token_dim
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 3, S, S), S = image_size (bicubic, antialiased; a no-op at the right size)."""
@@ -127,9 +136,14 @@ class TargetEncoder(nn.Module):
         return self._tokens(self.preprocess(images))
 
     def normalize(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (tokens - self.feature_mean.to(tokens.dtype)) / self.feature_std.to(tokens.dtype)
+        """Raw tokens (B, N, D) -> the generator's targets (B, N, latent_dim): standardised, then projected."""
+        standard = (tokens - self.feature_mean.to(tokens.dtype)) / self.feature_std.to(tokens.dtype)
+        return self.principal.project(standard) if self.principal is not None else standard
 
     def denormalize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The generator's output (B, N, latent_dim) -> raw tokens (B, N, D) for the decoder."""
+        if self.principal is not None:
+            tokens = self.principal.lift(tokens)
         return tokens * self.feature_std.to(tokens.dtype) + self.feature_mean.to(tokens.dtype)
 
     @torch.no_grad()
@@ -138,6 +152,20 @@ class TargetEncoder(nn.Module):
         flat = tokens.reshape(-1, self.token_dim).float()
         self.feature_mean.copy_(flat.mean(0))
         self.feature_std.copy_(flat.std(0).clamp_min(eps))
+        if self.principal is not None:
+            self.fit_principal_components(tokens)
+
+    @torch.no_grad()
+    def fit_principal_components(self, tokens: torch.Tensor) -> float | None:
+        """Fit the principal components on raw tokens (B, N, D); the share of variance kept (None when unused)."""
+        if self.principal is None:
+            return None
+        flat = tokens.reshape(-1, self.token_dim).float()
+        return self.principal.fit((flat - self.feature_mean) / self.feature_std)
+
+    @property
+    def needs_principal_fit(self) -> bool:
+        return self.principal is not None and not bool(self.principal.fitted)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -156,7 +184,9 @@ class TargetEncoder(nn.Module):
         if saved.get("class") != cls.__name__:
             raise CheckpointError(f"target encoder: {directory} holds a {saved.get('class')}, not a {cls.__name__}")
         module = cls._from_architecture(cfg, saved["architecture"])
-        load_state_strict(module, directory / WEIGHTS_FILE, "target encoder")
+        # A target encoder saved before its principal components were configured loads with them unfitted; the
+        # generation stage fits them (inference refuses to run unfitted).
+        load_state_strict(module, directory / WEIGHTS_FILE, "target encoder", optional_prefix="principal.")
         return module.eval()
 
     def architecture(self) -> dict:

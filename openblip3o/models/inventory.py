@@ -47,11 +47,12 @@ def component_inventory(config: ModelConfig) -> dict:
         )
         try:
             encoder = build_target_encoder(config.target, text_vocab_size=vocab, eos_token_id=eos)
-            token_dim = encoder.token_dim
+            token_dim, latent_dim = encoder.token_dim, encoder.latent_dim
         except ImportError as error:  # EVA-CLIP needs timm; the encoder is for training only
             encoder, token_dim = None, target_token_dim(config)
+            latent_dim = config.target.principal_components or token_dim
             skipped["target_encoder"] = str(error)
-        components["generator"] = Generator(config.generator, token_dim, config.target.grid_size, hidden).dit
+        components["generator"] = Generator(config.generator, latent_dim, config.target.grid_size, hidden).dit
         decoder = build_decoder(config.decoder, config.target, token_dim)
         if decoder is not None:
             components["decoder.unet"] = decoder.unet

@@ -32,14 +32,15 @@ def check_loading_info(info: dict, component: str, directory: Path) -> None:
         raise CheckpointError(f"{component}: {directory} does not match the model ({'; '.join(problems)})")
 
 
-def load_state_strict(module: torch.nn.Module, path: Path, component: str) -> None:
-    """Load a safetensors file into `module`, every key present and every shape equal."""
+def load_state_strict(module: torch.nn.Module, path: Path, component: str, optional_prefix: str | None = None) -> None:
+    """Load a safetensors file into `module`, every key present and every shape equal (keys under
+    `optional_prefix` may be absent from the file: they keep the module's values)."""
     if not path.is_file():
         raise CheckpointError(f"{component}: {path} is missing")
     state = load_file(str(path))
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (optional_prefix and k.startswith(optional_prefix)))
     unexpected = sorted(set(state) - set(own))
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
     check_loading_info({"missing_keys": missing, "unexpected_keys": unexpected, "mismatched_keys": mismatched}, component, path)
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=not optional_prefix)

@@ -43,6 +43,10 @@ class BLIP3oModel(nn.Module):
         self.backbone, self.generator = backbone, generator
         self.target_encoder, self.decoder = target_encoder, decoder
         self.objective = build_objective(config.objective)
+        channels = generator.dit.config.in_channels
+        if channels != getattr(target_encoder, "latent_dim", channels):
+            raise ValueError(f"the generator makes {channels} channels per token but the target encoder's latent has "
+                             f"{target_encoder.latent_dim} (target.principal_components changed? train a new generator)")
         if config.target.kind == "clip" and decoder is None:
             raise ValueError("target kind 'clip' needs a diffusion decoder")
 
@@ -55,7 +59,7 @@ class BLIP3oModel(nn.Module):
         target_encoder = build_target_encoder(
             config.target, text_vocab_size=len(backbone.tokenizer), eos_token_id=token_id(backbone.tokenizer, PAD_TOKEN)
         )
-        generator = Generator(config.generator, target_encoder.token_dim, config.target.grid_size, backbone.condition_dim)
+        generator = Generator(config.generator, target_encoder.latent_dim, config.target.grid_size, backbone.condition_dim)
         decoder = build_decoder(config.decoder, config.target, target_encoder.token_dim)
         return cls(config, backbone, generator, target_encoder, decoder)
 
@@ -66,8 +70,8 @@ class BLIP3oModel(nn.Module):
 
     @property
     def token_shape(self) -> tuple[int, int, int]:
-        """(D, G, G): one generated sample on the DiT's grid."""
-        return (self.target_encoder.token_dim, self.grid_size, self.grid_size)
+        """(C, G, G): one generated sample on the DiT's grid (C = the target's latent_dim)."""
+        return (self.target_encoder.latent_dim, self.grid_size, self.grid_size)
 
     # --- training -----------------------------------------------------------------------------------------------
     def generation_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None) -> torch.Tensor:

@@ -47,6 +47,12 @@ class GenerationTask:
         model.target_encoder.requires_grad_(False)
         if model.decoder is not None:
             model.decoder.requires_grad_(False)
+        encoder = model.target_encoder
+        if getattr(encoder, "needs_principal_fit", False):  # a target encoder saved before they were configured
+            with torch.no_grad():
+                images = torch.cat([self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[0]
+                                    for i in range(FIT_BATCHES)])
+                encoder.fit_principal_components(encoder.encode(images))
         norm = model.backbone.condition_norm
         if isinstance(norm, ConditionStandardizer) and not bool(norm.fitted):  # fitted once, then fixed
             model.backbone.fit_condition_norm(
