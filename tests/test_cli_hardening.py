@@ -72,6 +72,12 @@ def test_generate_out_under_a_file_is_refused_before_any_work(tmp_path, missing_
                    "--out", "cannot write")
 
 
+def test_generate_out_in_an_unwritable_folder_is_refused_before_any_work(missing_model):
+    # /sys refuses new files even to root (tests here may run as root, for whom permission bits mean nothing)
+    one_error_line(invoke("generate", "a star", "--n", "1", "--out", "/sys/img.png", "--model", missing_model),
+                   "--out", "cannot write in /sys")
+
+
 def test_generate_out_naming_a_folder_as_the_grid_file_is_refused(tmp_path, missing_model):
     (tmp_path / "grid.png").mkdir()
     one_error_line(invoke("generate", "a star", "--grid", "--out", tmp_path, "--model", missing_model),

@@ -18,7 +18,8 @@ import webdataset
 from openblip3o.data.shards import CorruptSampleWarning, ShardReader, write_shapes_shards
 
 NUM, SHARD_SIZE = 32, 16
-LOST_REASONS = ("damaged_tar", "truncated_tar", "missing_samples", "bad_image", "bad_json", "missing_image", "bad_text")
+LOST_REASONS = ("damaged_tar", "truncated_tar", "missing_samples", "missing_member", "bad_image", "bad_json", "missing_image",
+        "bad_text")
 
 
 def shard_dir(tmp_path, num=NUM, shard_size=SHARD_SIZE):
@@ -103,6 +104,35 @@ def test_damage_through_the_end_is_counted_from_the_manifest(tmp_path):
     keys, skipped, notes = read_all(folder)
     assert len(keys) == NUM - 6 and len(keys) + lost(skipped) == NUM, skipped
     assert skipped["missing_samples"] == 5 and any("manifest lists 16" in note for note in notes)
+
+
+def test_compressor_magic_written_over_the_first_header(tmp_path):
+    """Found by test_fuzz_shards: gzip's magic at byte 0 sent a plain tar down the compressed path (11 samples lost)."""
+    folder = shard_dir(tmp_path)
+    overwrite(folder / "shapes-train-000000.tar", 0, b"\x1f\x8b")
+    keys, skipped, _ = read_all(folder)
+    assert len(keys) == NUM - 1 and skipped == {"damaged_tar": 1}, skipped
+
+
+def test_header_change_that_keeps_the_checksum(tmp_path):
+    """Found by test_fuzz_shards: tar's checksum is a byte sum, so b"BZh" over b"in-" leaves the first header valid
+    under another name. Sample 0 then read as an image without its annotation; now a manifest's shard needs both."""
+    folder = shard_dir(tmp_path)
+    overwrite(folder / "shapes-train-000000.tar", 3, b"BZh")
+    keys, skipped, _ = read_all(folder)
+    assert len(keys) == NUM - 1 and "train-000000000" not in keys
+    assert skipped == {"missing_member": 2}, skipped  # sample 0's image, and its annotation under the phantom key
+
+
+def test_compressed_shard_cut_short_is_counted_from_the_manifest(tmp_path):
+    import gzip
+
+    folder = shard_dir(tmp_path)
+    path = folder / "shapes-train-000000.tar"
+    packed = gzip.compress(path.read_bytes())
+    path.write_bytes(packed[: len(packed) // 2])
+    keys, skipped, _ = read_all(folder)
+    assert SHARD_SIZE // 4 < len(keys) < NUM and len(keys) + lost(skipped) == NUM, skipped
 
 
 def test_intact_shards_warn_about_nothing(tmp_path):

@@ -52,6 +52,8 @@ SCAN_CHUNK = 1 << 20  # bytes read at a time when looking past damage
 TOUCHED = "__damaged__"  # internal mark on a raw sample that a damaged stretch may have taken members from
 NUMBERED_KEY = re.compile(r"(.*?)(\d+)")  # webdataset keys usually end in a running number
 # gzip, bzip2, xz, zstd: such tars can only be streamed, so damage ends their reading (counted once)
+SHAPES_MEMBERS = frozenset({"json", "png"})  # what `encode_example` writes for every sample
+COMPRESSED_SNIFF = 64 * 512  # how far a plain tar's first intact header is looked for before calling a file compressed
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
@@ -373,6 +375,8 @@ def _read_manifest(folder: Path) -> dict[str, int]:
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
         num, size, names = int(manifest["num"]), int(manifest["shard_size"]), list(manifest["shards"])
+        if names != [shard_name(manifest["split"], j) for j in range(len(names))]:
+            return {}
     except (OSError, ValueError, KeyError, TypeError):  # none, or another tool's (curation writes one too)
         return {}
     return {name: max(0, min(size, num - j * size)) for j, name in enumerate(names)}
@@ -430,16 +434,28 @@ class ShardReader:
         """Group one tar's members into samples, counting every sample that cannot be read (see `_read_plain`)."""
         name = os.path.basename(path)
         with open(path, "rb") as stream:
-            compressed = stream.read(len(max(COMPRESSED_MAGIC, key=len))).startswith(COMPRESSED_MAGIC)
+            size = os.fstat(stream.fileno()).st_size
+            # Compressed: it starts with a compressor's magic and no tar header follows soon (damage can write the
+            # magic over a plain tar's first header; its next header then shows what the file is).
+            compressed = (stream.read(len(max(COMPRESSED_MAGIC, key=len))).startswith(COMPRESSED_MAGIC)
+                          and _next_header(stream, 0, min(size, COMPRESSED_SNIFF)) is None)
             stream.seek(0)
             if compressed:
-                yield from self._read_compressed(name, stream)
+                yield from self._read_compressed(name, stream, self._expected_samples(path))
             else:
                 yield from self._read_plain(name, stream, self._expected_samples(path))
 
-    def _read_compressed(self, name: str, stream) -> Iterator[dict]:
-        """A compressed tar can only be streamed: a damaged one yields what precedes the damage, counted once."""
+    def _count_missing(self, name: str, expected: int | None, seen: int, lost: int) -> None:
+        """Samples the manifest lists for this shard that were neither read nor counted yet."""
+        if expected is not None and seen + lost < expected:
+            self._skip("missing_samples", name, "<end>", f"the manifest lists {expected} samples for this shard; "
+                       f"{seen} were read and {lost} counted as damaged", expected - seen - lost)
+
+    def _read_compressed(self, name: str, stream, expected: int | None) -> Iterator[dict]:
+        """A compressed tar can only be streamed: a damaged one yields what precedes the damage, counted once (and
+        against the manifest's count, where there is one)."""
         last_member = "<none>"
+        seen = lost = 0
 
         def members() -> Iterator[dict]:
             nonlocal last_member
@@ -452,9 +468,13 @@ class ShardReader:
             return True  # keep the first copy, go on
 
         try:
-            yield from group_by_keys(members(), handler=on_duplicate)
+            for sample in group_by_keys(members(), handler=on_duplicate):
+                seen += 1
+                yield sample
         except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+            lost += 1
             self._skip("truncated_tar", name, f"after member {last_member}", f"{error}; sample in progress dropped")
+        self._count_missing(name, expected, seen, lost)
 
     def _read_plain(self, name: str, stream, expected: int | None) -> Iterator[dict]:
         """An uncompressed tar's samples, read past any damage.
@@ -468,7 +488,6 @@ class ShardReader:
         samples lost where the keys cannot tell (a cut end, keys without numbers) are counted too.
         """
         seen = lost = 0
-        reference: frozenset | None = None  # the member extensions of the latest intact sample
         current: dict | None = None
         last_key: str | None = None  # the key of the last sample started before a damaged stretch
         after_damage, truncated = False, False
@@ -479,21 +498,47 @@ class ShardReader:
             lost += n
             self._skip(reason, name, key, detail, n)
 
-        def finish(sample: dict | None) -> dict | None:
-            """The sample to yield, or None (dropped and counted) when damage took some of its members."""
-            nonlocal seen, reference
-            if sample is None:
-                return None
-            touched = sample.pop(TOUCHED, False)
-            extensions = frozenset(k for k in sample if not k.startswith("__"))
-            if touched and reference is not None and not extensions >= reference:
-                count("damaged_tar", sample["__key__"], f"members lost in a damaged stretch; has {sorted(extensions)}"
-                      f", an intact sample has {sorted(reference)}")
-                return None
-            if not touched:
-                reference = extensions
+        held: list[dict] = []  # touched samples met before any intact one: judged once an intact one shows the set
+
+        # A manifest's shard was written by `write_shapes_shards`: every sample has exactly these members, so one
+        # without them is damaged even where no damaged stretch was seen (a header whose bytes changed but whose
+        # checksum, a plain byte sum, still holds moves a member to another key).
+        uniform = SHAPES_MEMBERS if expected is not None else None
+        reference = uniform
+
+        def judge(sample: dict, extensions: frozenset, reason: str = "damaged_tar") -> list[dict]:
+            nonlocal seen
+            if reference is not None and not extensions >= reference:
+                count(reason, sample["__key__"], f"members lost to damage; has {sorted(extensions)}, an intact sample "
+                      f"has {sorted(reference)}")
+                return []
             seen += 1
-            return sample
+            return [sample]
+
+        def finish(sample: dict | None, last: bool = False) -> list[dict]:
+            """The samples to yield, in order: touched ones that damage took members from are dropped and counted."""
+            nonlocal reference
+            out = []
+            if sample is not None:
+                touched = sample.pop(TOUCHED, False)
+                extensions = frozenset(k for k in sample if not k.startswith("__"))
+                if uniform is not None:
+                    out += judge(sample, extensions, "damaged_tar" if touched else "missing_member")
+                elif touched and reference is None:
+                    held.append(sample)
+                else:
+                    if not touched:
+                        reference = extensions
+                    for early in held:
+                        out += judge(early, frozenset(k for k in early if not k.startswith("__")))
+                    held.clear()
+                    out += judge(sample, extensions)
+            if last:  # no intact sample ever showed what a sample holds: the held ones cannot be vouched for
+                for early in held:
+                    count("damaged_tar", early["__key__"], "next to a damaged stretch, and no intact sample of this "
+                          "shard shows whether it is whole")
+                held.clear()
+            return out
 
         for kind, *event in _plain_tar_members(stream):
             if kind == "damage":
@@ -526,8 +571,7 @@ class ShardReader:
                 else:
                     current[extension] = data
                 continue
-            if (sample := finish(current)) is not None:
-                yield sample
+            yield from finish(current)
             if after_damage:
                 gap = _key_gap(last_key, key)
                 if gap:
@@ -535,11 +579,8 @@ class ShardReader:
                           "(counted from the key sequence)", gap)
             current = {"__key__": key, "__url__": name, extension: data, TOUCHED: after_damage}
             after_damage = False
-        if not truncated and (sample := finish(current)) is not None:
-            yield sample
-        if expected is not None and seen + lost < expected:
-            count("missing_samples", "<end>", f"the manifest lists {expected} samples for this shard; "
-                  f"{seen} were read and {lost} counted as damaged", expected - seen - lost)
+        yield from finish(None if truncated else current, last=True)
+        self._count_missing(name, expected, seen, lost)
 
     def _damage_note(self, name: str, start: int, resume: int) -> None:
         warnings.warn(f"shard {name}: bytes {start}-{resume} are damaged; reading goes on at the next intact member",
