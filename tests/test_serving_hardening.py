@@ -322,3 +322,23 @@ def test_default_answer_length_respects_a_lower_limit():
         reply = client.post(CHAT, json={"model": "stub", "messages": chat_messages(
             data_url(png_bytes(Image.new("RGB", (8, 8)))))})
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] == "red", reply.text
+
+
+def test_requests_queued_at_shutdown_get_a_503():
+    """They failed with a RuntimeError: a 500 and a logged traceback for each, at every shutdown."""
+    release = threading.Event()
+
+    def pipe(prompt, generator=None, **_):
+        release.wait(10)
+        return SimpleNamespace(images=[Image.new("RGB", (8, 8)) for _ in prompt])
+
+    batcher = MicroBatcher(pipe, Limits(max_wait_ms=0))
+    running = batcher.generate("first")
+    time.sleep(0.2)
+    queued = batcher.generate("second")
+    batcher.close(timeout=0.1)
+    release.set()
+    with pytest.raises(RequestError) as caught:
+        queued.result(5)
+    assert caught.value.status == 503 and caught.value.code == "shutting_down"
+    assert len(running.result(5)) == 1

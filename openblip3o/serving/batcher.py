@@ -57,6 +57,11 @@ class _Job:
     abandoned: threading.Event = field(default_factory=threading.Event)
 
 
+def _shutting_down() -> RequestError:
+    return RequestError("the server is shutting down; retry shortly", status=503, type="server_error",
+                        code="shutting_down")
+
+
 def random_seed() -> int:
     return secrets.randbits(SEED_BITS)
 
@@ -119,7 +124,7 @@ class MicroBatcher:
             return len(self._pending)
 
     def close(self, timeout: float | None = 5.0) -> None:
-        """Stop taking work; jobs still queued fail with RuntimeError. Waits for the running batch up to `timeout`."""
+        """Stop taking work; jobs still queued fail with a 503. Waits for the running batch up to `timeout`."""
         with self._cond:
             self._closed = True
             dropped = list(self._pending)
@@ -128,7 +133,7 @@ class MicroBatcher:
             self._cond.notify_all()
         for job in dropped:
             if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+                job.future.set_exception(_shutting_down())
         self._thread.join(timeout)
         for hook in self._hooks:
             hook.remove()
@@ -155,8 +160,7 @@ class MicroBatcher:
     def _submit(self, job: _Job) -> Future:
         with self._cond:
             if self._closed:
-                raise RequestError("the server is shutting down; retry shortly", status=503, type="server_error",
-                                   code="shutting_down")
+                raise _shutting_down()
             if len(self._pending) >= self.limits.max_queue:
                 raise QueueFull(self.limits.max_queue)
             self._pending.append(job)
