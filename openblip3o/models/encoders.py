@@ -185,7 +185,7 @@ class TargetEncoder(nn.Module):
             raise CheckpointError(f"target encoder: {directory} holds a {saved.get('class')}, not a {cls.__name__}")
         module = cls._from_architecture(cfg, saved["architecture"])
         # A target encoder saved before its principal components were configured loads with them unfitted; the
-        # generation stage fits them (inference refuses to run unfitted).
+        # generation stage fits them (until then they keep the first K channels).
         load_state_strict(module, directory / WEIGHTS_FILE, "target encoder", optional_prefix="principal.")
         return module.eval()
 

@@ -24,7 +24,8 @@ class PrincipalComponents(nn.Module):
         if not 0 < components <= dim:
             raise ValueError(f"principal_components must be in 1..{dim} (the token width), got {components}")
         self.dim, self.components = dim, components
-        self.register_buffer("basis", torch.zeros(components, dim))
+        # Until fitted, the first K channels (an orthonormal basis too), so an untrained model still runs end to end.
+        self.register_buffer("basis", torch.eye(components, dim))
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(()))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -43,17 +44,10 @@ class PrincipalComponents(nn.Module):
         energy = singular.pow(2)
         return float(energy[: self.components].sum() / energy.sum())
 
-    def _check(self) -> None:
-        if not bool(self.fitted):
-            raise RuntimeError("the target's principal components are not fitted yet (fit them on training features "
-                               "first: TargetEncoder.fit_feature_stats or the generation stage does)")
-
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) standardised -> (B, N, K)."""
-        self._check()
         return (tokens - self.mean.to(tokens.dtype)) @ self.basis.T.to(tokens.dtype) / self.scale.to(tokens.dtype)
 
     def lift(self, coords: torch.Tensor) -> torch.Tensor:
         """(B, N, K) -> (B, N, D) standardised (the projection of the features onto the K components)."""
-        self._check()
         return (coords * self.scale.to(coords.dtype)) @ self.basis.to(coords.dtype) + self.mean.to(coords.dtype)
