@@ -6,19 +6,11 @@ import pytest
 import torch
 
 from openblip3o.config import TargetConfig
-from openblip3o.data.shapes import ShapesWorld, vocabulary
+from openblip3o.data.shapes import ShapesWorld
 from openblip3o.models.encoders import CLIPTargetEncoder, build_target_encoder, to_tensor
 from openblip3o.models.principal import PrincipalComponents
 
-EOS, FIRST_WORD = 1, 4
-VOCAB = FIRST_WORD + len(vocabulary())
-TINY_CLIP = {
-    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "patch_size": 8},
-    "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "max_position_embeddings": 64},
-    "projection_dim": 32,
-}
+from test_encoders_decoder import EOS, TINY_CLIP, VOCAB  # the same tiny CLIP as the encoder tests
 
 
 def low_rank_tokens(rank: int, dim: int = 24, count: int = 400) -> torch.Tensor:
