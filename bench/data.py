@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from openblip3o.data.shapes import ShapesWorld  # noqa: E402
-from openblip3o.data.shards import ShardReader, write_shapes_shards  # noqa: E402
+from openblip3o.data.shard_writer import write_shapes_shards  # noqa: E402
+from openblip3o.data.shards import ShardReader  # noqa: E402
 
 CHUNK = 500  # scenes per pool task: large enough that pickling and scheduling are negligible
 CHUNKS_PER_ROUND = 4  # per worker; the pool idles only at the end of a round, while its last chunks finish

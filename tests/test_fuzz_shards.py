@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from openblip3o.data.shards import ShardReader, write_shapes_shards
+from openblip3o.data.shard_writer import write_shapes_shards
+from openblip3o.data.shards import ShardReader
 
 NUM = 12
 NAME = "shapes-train-000000.tar"

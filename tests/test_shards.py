@@ -12,7 +12,8 @@ import webdataset
 from PIL import Image
 
 from openblip3o.data.shapes import ShapesWorld
-from openblip3o.data.shards import CorruptSampleWarning, ShardReader, write_shapes_shards
+from openblip3o.data.shard_writer import write_shapes_shards
+from openblip3o.data.shards import CorruptSampleWarning, ShardReader
 
 NUM, SHARD_SIZE, SEED = 40, 16, 3
 OLD_MTIME_NS = 1_000_000_000 * 10**9  # a fixed past time: any rewrite moves a shard's mtime off it

@@ -15,7 +15,8 @@ import warnings
 import pytest
 import webdataset
 
-from openblip3o.data.shards import CorruptSampleWarning, ShardReader, write_shapes_shards
+from openblip3o.data.shard_writer import write_shapes_shards
+from openblip3o.data.shards import CorruptSampleWarning, ShardReader
 
 NUM, SHARD_SIZE = 32, 16
 LOST_REASONS = ("damaged_tar", "truncated_tar", "missing_samples", "missing_member", "bad_image", "bad_json", "missing_image",

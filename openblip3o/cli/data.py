@@ -35,7 +35,7 @@ def shapes(
     workers: int = typer.Option(0, help="Processes (0 = one per core)."),
 ):
     """Write ShapesWorld scenes as webdataset shards (png + json with captions, VQA, GenEval metadata)."""
-    from ..data.shards import write_shapes_shards
+    from ..data.shard_writer import write_shapes_shards
 
     manifest = write_shapes_shards(out, num, shard_size=shard_size, split=split.value, seed=seed, workers=workers or None)
     typer.echo(f"wrote {manifest['num']} scenes in {len(manifest['shards'])} shards to {out}")
