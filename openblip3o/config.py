@@ -84,7 +84,8 @@ class TargetConfig:
     image_size: int = 64  # encoder input side
     grid_size: int = 8  # features are average-pooled to grid_size x grid_size tokens
     # The generator produces the standardised features' top K principal components, lifted back to every channel
-    # before the decoder (0 = every channel, BLIP3-o). See models/principal.py.
+    # before the decoder (0 = every channel, BLIP3-o). CLIP-kind targets only (kind "vae" ignores it: its latents are
+    # already a few decorrelated channels, and the design-space switch stays one value). See models/principal.py.
     principal_components: int = 0
 
 

@@ -101,3 +101,10 @@ def test_generation_stage_fits_the_components_and_sampling_returns_full_width_to
                       model.backbone.condition_dim)
     with pytest.raises(ValueError, match="principal_components"):
         BLIP3oModel(config, model.backbone, wrong, model.target_encoder, model.decoder)
+
+
+def test_vae_targets_ignore_the_setting_so_the_design_switch_stays_one_value():
+    from test_encoders_decoder import TINY_VAE_TARGET
+
+    encoder = build_target_encoder(TargetConfig(kind="vae", model={"vae": TINY_VAE_TARGET}, principal_components=32))
+    assert encoder.principal is None and encoder.latent_dim == encoder.token_dim == 4

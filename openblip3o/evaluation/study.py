@@ -39,8 +39,8 @@ from .study_start import StartFrom
 VARIANTS: dict[str, tuple[dict, bool]] = {
     "clip-flow": ({"target": {"kind": "clip"}, "objective": {"name": "flow_matching"}}, False),
     "clip-mse": ({"target": {"kind": "clip"}, "objective": {"name": "mse"}}, False),
-    "vae-flow": ({"target": {"kind": "vae", "principal_components": 0}, "objective": {"name": "flow_matching"}}, False),
-    "vae-mse": ({"target": {"kind": "vae", "principal_components": 0}, "objective": {"name": "mse"}}, False),
+    "vae-flow": ({"target": {"kind": "vae"}, "objective": {"name": "flow_matching"}}, False),
+    "vae-mse": ({"target": {"kind": "vae"}, "objective": {"name": "mse"}}, False),
     "clip-flow-joint": ({"target": {"kind": "clip"}, "objective": {"name": "flow_matching"}}, True),
 }
 SHARED_DIR = "shared"  # with --init: the target VAE of the vae variants, trained once for both

@@ -109,8 +109,9 @@ class TargetEncoder(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(token_dim))
         self.register_buffer("feature_std", torch.ones(token_dim))
         # Optionally the generator works on the standardised features' top principal components (models/principal.py).
-        self.principal = (PrincipalComponents(token_dim, cfg.principal_components) if cfg.principal_components
-                          else None)
+        # CLIP-kind features only: VAE latents are already a few decorrelated channels.
+        self.principal = (PrincipalComponents(token_dim, cfg.principal_components)
+                          if cfg.principal_components and cfg.kind == "clip" else None)
 
     @property
     def latent_dim(self) -> int:

@@ -50,7 +50,7 @@ def component_inventory(config: ModelConfig) -> dict:
             token_dim, latent_dim = encoder.token_dim, encoder.latent_dim
         except ImportError as error:  # EVA-CLIP needs timm; the encoder is for training only
             encoder, token_dim = None, target_token_dim(config)
-            latent_dim = config.target.principal_components or token_dim
+            latent_dim = (config.target.principal_components if config.target.kind == "clip" else 0) or token_dim
             skipped["target_encoder"] = str(error)
         components["generator"] = Generator(config.generator, latent_dim, config.target.grid_size, hidden).dit
         decoder = build_decoder(config.decoder, config.target, token_dim)
