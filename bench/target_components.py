@@ -12,7 +12,6 @@ variance kept 0.71 / 0.88 / 0.96 / 0.98 / 0.99; fully correct 0.815 (192), 0.795
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 
 import torch
@@ -35,11 +34,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = BLIP3oPipeline.from_pretrained(args.model).model.float().eval()
-    encoder = copy.deepcopy(model.target_encoder)
-    encoder.principal = None  # standardised features of every channel
+    encoder = model.target_encoder
     world = ShapesWorld("train", 0)
     with torch.no_grad():
-        tokens = torch.cat([encoder.normalize(encoder.encode(to_tensor(
+        tokens = torch.cat([encoder.standardize(encoder.encode(to_tensor(
             [world[i].image for i in range(start, start + FIT_BATCH)], encoder.image_size)))
             for start in range(0, FIT_SCENES, FIT_BATCH)])
     full = PrincipalComponents(encoder.token_dim, encoder.token_dim)
@@ -52,7 +50,7 @@ def main() -> None:
         pca.fit(tokens)
 
         def reconstruct(images, num_inference_steps, guidance_scale, generator, pca=pca):
-            lifted = encoder.denormalize(pca.lift(pca.project(encoder.normalize(encoder.encode(images)))))
+            lifted = encoder.destandardize(pca.lift(pca.project(encoder.standardize(encoder.encode(images)))))
             return model.decode(lifted, None, generator, num_inference_steps, guidance_scale)
 
         began = time.perf_counter()

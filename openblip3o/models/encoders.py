@@ -136,16 +136,21 @@ class TargetEncoder(nn.Module):
         """(B, 3, H, W) in [0, 1] -> (B, G*G, D) raw tokens (not standardised)."""
         return self._tokens(self.preprocess(images))
 
+    def standardize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw tokens (B, N, D) -> per-channel standardised tokens (B, N, D)."""
+        return (tokens - self.feature_mean.to(tokens.dtype)) / self.feature_std.to(tokens.dtype)
+
+    def destandardize(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens * self.feature_std.to(tokens.dtype) + self.feature_mean.to(tokens.dtype)
+
     def normalize(self, tokens: torch.Tensor) -> torch.Tensor:
         """Raw tokens (B, N, D) -> the generator's targets (B, N, latent_dim): standardised, then projected."""
-        standard = (tokens - self.feature_mean.to(tokens.dtype)) / self.feature_std.to(tokens.dtype)
+        standard = self.standardize(tokens)
         return self.principal.project(standard) if self.principal is not None else standard
 
     def denormalize(self, tokens: torch.Tensor) -> torch.Tensor:
         """The generator's output (B, N, latent_dim) -> raw tokens (B, N, D) for the decoder."""
-        if self.principal is not None:
-            tokens = self.principal.lift(tokens)
-        return tokens * self.feature_std.to(tokens.dtype) + self.feature_mean.to(tokens.dtype)
+        return self.destandardize(self.principal.lift(tokens) if self.principal is not None else tokens)
 
     @torch.no_grad()
     def fit_feature_stats(self, tokens: torch.Tensor, eps: float = 1e-6) -> None:
@@ -161,8 +166,7 @@ class TargetEncoder(nn.Module):
         """Fit the principal components on raw tokens (B, N, D); the share of variance kept (None when unused)."""
         if self.principal is None:
             return None
-        flat = tokens.reshape(-1, self.token_dim).float()
-        return self.principal.fit((flat - self.feature_mean) / self.feature_std)
+        return self.principal.fit(self.standardize(tokens.float()))
 
     @property
     def needs_principal_fit(self) -> bool:

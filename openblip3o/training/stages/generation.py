@@ -49,10 +49,11 @@ class GenerationTask:
             model.decoder.requires_grad_(False)
         encoder = model.target_encoder
         if getattr(encoder, "needs_principal_fit", False):  # a target encoder saved before they were configured
-            with torch.no_grad():
-                images = torch.cat([self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[0]
-                                    for i in range(FIT_BATCHES)])
-                encoder.fit_principal_components(encoder.encode(images))
+            device = encoder.feature_mean.device
+            with torch.no_grad():  # encoded a batch at a time: the images are never all in memory at once
+                encoder.fit_principal_components(torch.cat([
+                    encoder.encode(self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[0].to(device))
+                    for i in range(FIT_BATCHES)]))
         norm = model.backbone.condition_norm
         if isinstance(norm, ConditionStandardizer) and not bool(norm.fitted):  # fitted once, then fixed
             model.backbone.fit_condition_norm(
