@@ -54,12 +54,21 @@ def stage_logs(out: Path) -> dict[str, list[dict]]:
     return found
 
 
-def record(out: Path, run=None) -> dict[str, list[dict]]:
-    """Train every stage into `out` and return its logs; `run` is run_training (imported late: the refactor moves
-    what it imports)."""
-    if run is None:
-        from openblip3o.training.run import run_training as run
-    run(golden_config(), out, progress=False, log=lambda *_: None, model_config=tiny_config())
+def scorers():
+    """Evaluation's scorers, which the caller hands to training (the instruct stage's probe weights its data)."""
+    from openblip3o.evaluation.condition import generator_sensitivity
+    from openblip3o.evaluation.geneval.detector import detect
+    from openblip3o.training.checks import Scorers
+
+    return Scorers(detect=detect, sensitivity=generator_sensitivity)
+
+
+def record(out: Path) -> dict[str, list[dict]]:
+    """Train every stage into `out` and return its logs."""
+    from openblip3o.training.run import run_training
+
+    run_training(golden_config(), out, progress=False, log=lambda *_: None, model_config=tiny_config(),
+                 scorers=scorers())
     return stage_logs(out)
 
 

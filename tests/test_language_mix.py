@@ -128,6 +128,7 @@ def test_generation_stage_fits_the_condition_norm_once(tmp_path):
 
 def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
     """A backbone whose condition ignores the prompt: the check must say prompt-blind (and write its row)."""
+    from golden_losses import scorers
     from openblip3o.training.prompt_check import CHECK_FILE, prompt_check
 
     torch.manual_seed(0)
@@ -139,7 +140,7 @@ def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
 
     model.backbone.condition = blind
     lines = []
-    row = prompt_check(model, step=7, out_dir=tmp_path, log=lines.append)
+    row = prompt_check(model, step=7, scorers=scorers(), out_dir=tmp_path, log=lines.append)
     assert row["prompt_blind"] and row["prompt_swap"] == 0.0 and row["zero_condition"] > 0
     assert "PROMPT-BLIND" in lines[0]
     assert (tmp_path / CHECK_FILE).read_text().count('"step": 7') == 1
@@ -147,7 +148,7 @@ def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
     del model.backbone.condition
     with torch.no_grad():
         model.backbone.queries.mul_(0.01)  # let the prompt through the random tiny backbone
-    assert not prompt_check(model, step=8, out_dir=tmp_path, log=lines.append)["prompt_blind"]
+    assert not prompt_check(model, step=8, scorers=scorers(), out_dir=tmp_path, log=lines.append)["prompt_blind"]
 
 
 def test_generation_stage_can_keep_the_queries_frozen():

@@ -15,7 +15,8 @@ from openblip3o.training.engine import train
 from openblip3o.training.run import run_training
 from openblip3o.training.stages.autoencoder import autoencoder_tasks
 from openblip3o.training.stages.generation import GenerationTask
-from openblip3o.training.stages.instruct import InstructTask, tag_weights
+from openblip3o.data.tag_weights import tag_weights
+from openblip3o.training.stages.instruct import InstructTask
 from openblip3o.training.stages.joint import JointTask
 from openblip3o.training.stages.understanding import UnderstandingTask
 from tiny import tiny_config

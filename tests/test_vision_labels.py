@@ -52,6 +52,6 @@ def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
         optimiser.step()
     assert logs["vision_labels"] < 0.7 * first
     task.finish()  # the hook is gone: a later forward pass keeps nothing
-    model.backbone.answer([render_scene(task.world.scene(0))],
+    model.backbone.answer([render_scene(task.source.examples(0, 1)[0].scene)],
                           ["what shape is it?"])
     assert task.vision_labels._tokens is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..data.sources import DataSourceConfig
+
 
 @dataclass
 class LoopConfig:
@@ -57,6 +59,16 @@ class UnderstandingMix:
 
 
 @dataclass
+class StageData:
+    """Each stage's data source (ShapesWorld by default; webdataset shards with `kind: shards`). Joint training
+    reads the understanding and generation sources; instruct has its own (`instruct_data`)."""
+
+    autoencoder: DataSourceConfig = field(default_factory=DataSourceConfig)  # the VAE, encoder and decoder
+    understanding: DataSourceConfig = field(default_factory=DataSourceConfig)
+    generation: DataSourceConfig = field(default_factory=DataSourceConfig)
+
+
+@dataclass
 class TrainConfig:
     preset: str = "mini"
     # overrides of the preset's model config (nested, strict: e.g. {"backbone": {"condition_norm": "none"}}); they
@@ -64,6 +76,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)
     seed: int = 0
     loops: StageLoops = field(default_factory=StageLoops)
+    data: StageData = field(default_factory=StageData)
     understanding: UnderstandingMix = field(default_factory=UnderstandingMix)
     # generation: the last K language layers of the backbone learn too (0 = BLIP3-o's frozen backbone); check VQA
     generation_trainable_layers: int = 0

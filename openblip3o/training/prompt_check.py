@@ -2,11 +2,12 @@
 
 Every `sample_every` steps of generation training (and at its end) the stage measures, on the model as it is:
   - `prompt_swap` / `zero_condition`: how much the DiT's output moves when one word of the prompt changes, and
-    when the condition is zeroed, from the same noise (`evaluation.condition.generator_sensitivity`);
+    when the condition is zeroed, from the same noise (`scorers.sensitivity`: evaluation.condition's);
   - `colour_accuracy`: colour prompts of seen colour-shape pairs drawn at one seed, decoded and scored by rule: a
     prompt-blind model draws one image for all of them and scores about 1 / len(CHECK_COLOURS).
 A run whose condition stays prompt-blind says so in its log and summary (`prompt_blind: true`) instead of finishing
 silently (the model shipped on 2026-12-02 had prompt_swap 0.0013 and drew one image per seed for every prompt).
+The scorers come from the caller (`checks.Scorers`): training imports nothing from evaluation.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.shapes.world import COLORS
+from .checks import Scorers
 
 # Prompt pairs that differ in one word (colour, shape, count, relation), for the generator's sensitivity.
 CHECK_PAIRS: tuple[tuple[str, str], ...] = (
@@ -45,28 +47,24 @@ def colour_records(shape: str = CHECK_SHAPE) -> list[dict]:
 
 
 @torch.no_grad()
-def colour_accuracy(model, records: list[dict], seed: int = CHECK_SEED, steps: int = CHECK_STEPS):
+def colour_accuracy(model, records: list[dict], scorers: Scorers, seed: int = CHECK_SEED, steps: int = CHECK_STEPS):
     """Share of `records` drawn correctly at one shared seed (scored by rule), and the images (B, 3, H, W)."""
-    from ..evaluation.geneval.detector import detect  # the exact rule scorer of ShapesWorld
-    from ..evaluation.geneval.rules import evaluate
     from ..utils.images import to_pil
 
     gens = [torch.Generator().manual_seed(seed) for _ in records]
     tokens = model.sample_tokens([r["prompt"] for r in records], generator=gens, num_inference_steps=steps)
     images = model.decode(tokens, generator=gens, num_inference_steps=steps)
-    hits = [evaluate(r, detect(im)[0])[0] for r, im in zip(records, to_pil(images))]
+    hits = [scorers.score(r, im) for r, im in zip(records, to_pil(images))]
     return sum(hits) / len(hits), images
 
 
-def prompt_check(model, step: int, out_dir: str | Path | None = None, log=print) -> dict:
+def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None = None, log=print) -> dict:
     """Measure the generator's prompt-following now; append a row to out_dir/CHECK_FILE and log a line."""
-    from ..evaluation.condition import generator_sensitivity
-
     was_training = model.training
     model.eval()
     try:
-        sensitivity = generator_sensitivity(model, list(CHECK_PAIRS), seed=CHECK_SEED)
-        accuracy, _ = colour_accuracy(model, colour_records())
+        sensitivity = scorers.sensitivity(model, list(CHECK_PAIRS), seed=CHECK_SEED)
+        accuracy, _ = colour_accuracy(model, colour_records(), scorers)
     finally:
         model.train(was_training)
     row = {"step": step, **sensitivity, "colour_accuracy": accuracy,

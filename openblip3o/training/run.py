@@ -13,26 +13,21 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from ..inference.pipeline import BLIP3oPipeline
 from ..config import ModelConfig
+from ..inference.pipeline import BLIP3oPipeline
+from .checks import Scorers
 from .config import LoopConfig, TrainConfig
 from .engine import train
-from .prompt_check import prompt_check
-from .stages.autoencoder import autoencoder_tasks
-from .stages.generation import GenerationTask
-from .stages.instruct import InstructTask
-from .stages.joint import JointTask
-from .stages.understanding import UnderstandingTask
+from .registry import GROUPS, STAGES as REGISTERED, StageContext, parts
 
-STAGES = ("autoencoder", "understanding", "generation", "instruct")
+STAGES = ("autoencoder", "understanding", "generation", "instruct")  # the sequential recipe, in order
 DONE = "done.json"
 PIPELINE = "pipeline"
-PROBE_PROMPTS_PER_TAG = 8  # the quick evaluation that weights the instruct set
-PROBE_STEPS = 10
 
 
 def scaled(loop: LoopConfig, scale: float) -> LoopConfig:
@@ -51,30 +46,13 @@ def save_pipeline(pipe: BLIP3oPipeline, out: Path) -> None:
     os.replace(tmp, out / PIPELINE)
 
 
-def _probe_scores(pipe: BLIP3oPipeline, seed: int) -> dict[str, float]:
-    """Per-tag mini GenEval on a few training-split prompts (cheap settings): where the model is weakest."""
-    import random
-
-    from ..data.shapes import PromptSampler
-    from ..data.shapes.prompts import TAGS
-    from ..evaluation.geneval.detector import detect
-    from ..evaluation.geneval.rules import evaluate
-
-    sampler, rng, scores = PromptSampler("train"), random.Random(seed), {}
-    pipe.model.eval()
-    for tag in TAGS:
-        records = [sampler.sample(tag, rng) for _ in range(PROBE_PROMPTS_PER_TAG)]
-        images = pipe([r["prompt"] for r in records], generator=[torch.Generator().manual_seed(i) for i in range(len(records))],
-                      num_inference_steps=PROBE_STEPS, decoder_num_inference_steps=PROBE_STEPS, progress=False).images
-        scores[tag] = sum(evaluate(r, detect(im)[0])[0] for r, im in zip(records, images)) / len(records)
-    return scores
-
-
 def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
-                 steps_scale: float = 1.0, progress: bool = True, log=print, model_config: ModelConfig | None = None) -> dict:
+                 steps_scale: float = 1.0, progress: bool = True, log=print, model_config: ModelConfig | None = None,
+                 scorers: Scorers | None = None) -> dict:
     """Train `stages` (default: all four) in order; return a summary per stage.
 
-    The model is the preset's, or `model_config` when given (a design-space variant, a test size).
+    The model is the preset's, or `model_config` when given (a design-space variant, a test size). `scorers`
+    (evaluation's, passed in by the caller) run the generation stage's prompt checks and the instruct probe.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +72,7 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
         pipe = BLIP3oPipeline.from_preset(config.preset, model_config)
     model = pipe.model.train()
     loops = config.loops
+    context = StageContext(pipe, config, scorers, log)
     summary = {}
     if config.joint:  # understanding and generation become one stage with both losses
         stages = [s for s in stages if s not in ("understanding", "generation")]
@@ -108,39 +87,19 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
         began = time.perf_counter()
         if not resume:
             shutil.rmtree(stage_dir, ignore_errors=True)
-        if stage == "autoencoder":
-            result = {}
-            for name, make in autoencoder_tasks(model, config.seed).items():
-                task = make()
-                result[name] = train(task, scaled(getattr(loops, name), steps_scale), stage_dir / name,
-                                     resume=resume, progress=progress)
-                task.finish()
-        elif stage == "understanding":
-            task = UnderstandingTask(model, config.seed, config.understanding)
-            result = train(task, scaled(loops.understanding, steps_scale), stage_dir, resume=resume, progress=progress)
-            task.finish()
-        elif stage in ("generation", "joint"):
-            task = (JointTask(model, config.seed, short_caption_rate=config.short_caption_rate) if stage == "joint"
-                    else GenerationTask(model, config.seed, short_rate=config.short_caption_rate,
-                                        trainable_layers=config.generation_trainable_layers,
-                                        train_queries=config.generation_train_queries))
-            generation = getattr(task, "generation", task)
-            result = train(task, scaled(loops.generation, steps_scale), stage_dir, resume=resume, progress=progress,
-                           sample_fn=generation.check)
-        else:
-            scores = None
-            if config.instruct_data is None:  # the curated set was weighted when it was made
-                scores = _probe_scores(pipe, config.seed)
-                log(f"instruct: probe scores {scores}")
-            task = InstructTask(model, config.seed, scores, lora_rank=config.instruct_lora_rank,
-                                data=config.instruct_data)
-            result = train(task, scaled(loops.instruct, steps_scale), stage_dir, resume=resume, progress=progress)
-            task.finish()
-            result = {**result, "probe_scores": scores, "instruct_data": config.instruct_data,
-                      "instruct_items": task.size}
-        if stage in ("generation", "joint", "instruct"):
-            # The final check goes into the summary: a prompt-blind generator is reported, never passed silently.
-            result = {**result, "prompt_check": prompt_check(model, result.get("steps", 0), stage_dir, log=log)}
+        result = {}
+        for part in parts(stage, model):
+            spec = REGISTERED[part]
+            part_dir = stage_dir / part if stage in GROUPS else stage_dir
+            task = spec.make(context)
+            sample = None if spec.sample is None else partial(spec.sample, task, context)
+            trained = train(task, scaled(getattr(loops, spec.loop), steps_scale), part_dir, resume=resume,
+                            progress=progress, sample_fn=sample)
+            if spec.finish is not None:
+                trained = {**trained, **spec.finish(task, context, trained, part_dir)}
+            result[part] = trained
+        if stage not in GROUPS:
+            result = result[stage]
         model.eval()
         save_pipeline(pipe, out)
         model.train()

@@ -1,68 +1,218 @@
-"""The autoencoder stage, three engine tasks in order: the decoder's VAE, the target encoder, the decoder.
+"""The autoencoder stage: three engine tasks in order, each reading its stage's data source by position.
 
-The recipe (a training-only per-token pixel head beside CLIP's contrastive loss, so the tokens carry shape; the
-decoder conditioned spatially on the token grid) lives in `..autoencoder_recipe`; this module adapts its tasks
-to the engine: `batch(start, size)` by position and `loss(batch, generator)`.
+1. VAETask      the decoder's tiny AutoencoderKL (KL-regularised reconstruction); `finish` freezes it and fits its
+                latent scale.
+2. EncoderTask  the CLIP target encoder: CLIP's contrastive loss on long captions + a training-only per-token head
+                that predicts the pixels around its patch (so tokens carry shape, colour and position, which the
+                contrastive loss alone does not: its shape probe was 0.39).
+3. DecoderTask  the UNet (+ condition projector) on the frozen encoder's raw tokens: the decoder is always called
+                on raw (denormalised) tokens (`Autoencoder.reconstruct`, `BLIP3oModel.decode`), so it trains on them.
+With a VAE-kind target (`target.kind: vae`) the target's own AutoencoderKL is the whole autoencoder: one task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.sources import DataSource, DataSourceConfig, build_source
+from ...models.decoder import DiffusionDecoder
+from ...models.encoders import CLIPTargetEncoder, to_tensor
+from ...models.tokenizer import PAD_TOKEN, token_id
 from ...models.unified import BLIP3oModel
-from .. import autoencoder_recipe as recipe
+
+MAX_TEXT_TOKENS = 64  # the mini CLIP text tower's max_position_embeddings; long captions are <= ~50 words
+STATS_IMAGES = 256  # images of the first training positions that fit the VAE's scale and the features' statistics
+PIXEL_CONTEXT = 4  # pixels around each token's patch that its training-only head predicts too
 
 
-class EngineTask:
-    """A recipe task (batch by step number) seen by the engine (batch by example position)."""
-
-    def __init__(self, name: str, task):
-        self.name, self.task = name, task
-
-    def modules(self):
-        return self.task.modules()
-
-    def batch(self, start: int, size: int):
-        if start % size:
-            raise ValueError(f"batch start {start} is not a multiple of its size {size}")
-        return self.task.batch(start // size, size)
-
-    def loss(self, batch, generator):
-        return self.task.loss(batch)
-
-    def finish(self):
-        return self.task.finish()
+def image_batch(source: DataSource, start: int, size: int, image_size: int) -> dict:
+    """Examples [start, start + size) of the source: images (B, 3, S, S) in [0, 1] and their long captions."""
+    examples = source.examples(start, size)
+    return {"images": to_tensor([e.image for e in examples], image_size),
+            "captions": [e.annotation["captions"]["long"] for e in examples]}
 
 
-def autoencoder_tasks(model: BLIP3oModel, seed: int = 0) -> dict:
-    """{"vae": factory, "encoder": factory, "decoder": factory}: built lazily, since each needs the one before."""
-    if model.decoder is None:  # target kind "vae": the target VAE is the whole autoencoder
-        return {"vae": lambda: EngineTask("vae", _TargetVAETask(model.target_encoder, seed))}
-    return {
-        "vae": lambda: EngineTask("vae", recipe.VAETask(model.decoder, seed)),
-        "encoder": lambda: EngineTask("encoder", recipe.EncoderTask(model.target_encoder, model.backbone.tokenizer, seed)),
-        "decoder": lambda: EngineTask("decoder", recipe.DecoderTask(model.decoder, model.target_encoder, seed)),
-    }
+def tokenize_captions(tokenizer, captions: list[str], max_length: int = MAX_TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> (ids, mask) (B, L): the words, then PAD_TOKEN as the end token, right-padded with PAD_TOKEN."""
+    end = token_id(tokenizer, PAD_TOKEN)
+    rows = [ids[: max_length - 1] + [end] for ids in tokenizer(captions, add_special_tokens=False)["input_ids"]]
+    length = max(map(len, rows))
+    ids = torch.full((len(rows), length), end, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
-class _TargetVAETask:
+def patch_targets(images: torch.Tensor, patch: int, grid: int, context: int = 0) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B, G*G, 3*(p+2c)^2): each grid cell's pixels plus `context` pixels around it
+    (the black background outside the image), in [-1, 1]."""
+    x = images * 2 - 1
+    if context:
+        x = F.pad(x, (context,) * 4, value=-1.0)  # the black background, in [-1, 1]
+    window = patch + 2 * context
+    cells = F.unfold(x, kernel_size=window, stride=patch)  # (B, 3*window^2, G*G)
+    if cells.shape[-1] != grid * grid:
+        raise ValueError(f"{cells.shape[-1]} patches, expected {grid * grid}")
+    return cells.transpose(1, 2)
+
+
+class VAETask:
+    """Sub-stage 1: the decoder's AutoencoderKL, `decoder.vae_loss`; `finish` freezes it and fits its scale."""
+
+    name = "vae"
+
+    def __init__(self, decoder: DiffusionDecoder, source: DataSource, kl_weight: float | None = None):
+        self.decoder, self.source, self.kl_weight = decoder, source, kl_weight
+        decoder.vae.requires_grad_(True)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"vae": self.decoder.vae}
+
+    def batch(self, start: int, size: int) -> dict:
+        return image_batch(self.source, start, size, self.decoder.cfg.image_size)
+
+    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        kwargs = {} if self.kl_weight is None else {"kl_weight": self.kl_weight}
+        loss = self.decoder.vae_loss(batch["images"], **kwargs)
+        return loss, {"vae": loss.item()}
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        self.decoder.vae.requires_grad_(False).eval()
+        self.decoder.fit_latent_scale(self.batch(0, STATS_IMAGES)["images"])
+
+
+class PatchHead(nn.Module):
+    """Training-only: a per-token linear map to the pixels of its patch and its surroundings."""
+
+    def __init__(self, token_dim: int, patch: int, context: int):
+        super().__init__()
+        self.patch, self.context = patch, context
+        self.proj = nn.Linear(token_dim, 3 * (patch + 2 * context) ** 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)
+
+
+class EncoderTask:
+    """Sub-stage 2: CLIP's contrastive loss on long captions + `pixel_weight` x MSE of a per-token pixel head.
+
+    The head is not part of the encoder (never saved with it); `encode` is untouched."""
+
+    name = "encoder"
+
+    def __init__(self, encoder: CLIPTargetEncoder, tokenizer, source: DataSource, pixel_weight: float = 1.0,
+                 context: int = PIXEL_CONTEXT, contrastive_weight: float = 1.0):
+        self.encoder, self.tokenizer, self.source = encoder, tokenizer, source
+        self.patch = encoder.image_size // encoder.grid_size
+        self.head = PatchHead(encoder.token_dim, self.patch, context)
+        self.pixel_weight, self.contrastive_weight, self.context = pixel_weight, contrastive_weight, context
+        encoder.train()
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "pixel_head": self.head}
+
+    def batch(self, start: int, size: int) -> dict:
+        batch = image_batch(self.source, start, size, self.encoder.image_size)
+        batch["input_ids"], batch["attention_mask"] = tokenize_captions(self.tokenizer, batch["captions"])
+        return batch
+
+    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        images = batch["images"]
+        logs = {}
+        total = torch.zeros((), device=images.device)
+        if self.contrastive_weight:
+            contrastive = self.encoder.contrastive_loss(images, batch["input_ids"], batch["attention_mask"])
+            total = total + self.contrastive_weight * contrastive
+            logs["contrastive"] = contrastive.item()
+        if self.pixel_weight:
+            vision = self.encoder.model.vision_model(pixel_values=self.encoder.preprocess(images))
+            states = vision.last_hidden_state
+            tokens = states[:, states.shape[1] - self.encoder.patch_grid ** 2:]  # = encoder.encode(images) at 8x8
+            target = patch_targets(images, self.patch, self.encoder.grid_size, self.context)
+            pixel = F.mse_loss(self.head(tokens), target)
+            total = total + self.pixel_weight * pixel
+            logs["pixel"] = pixel.item()
+        return total, logs
+
+    def finish(self) -> None:
+        self.encoder.eval().requires_grad_(False)
+
+
+class DecoderTask:
+    """Sub-stage 3: the decoder's UNet and condition projector on the frozen encoder's raw tokens.
+
+    Also fits the encoder's feature statistics (for the generator) on the first STATS_IMAGES training images."""
+
+    name = "decoder"
+
+    def __init__(self, decoder: DiffusionDecoder, encoder, source: DataSource):
+        self.decoder, self.encoder, self.source = decoder, encoder, source
+        decoder.vae.requires_grad_(False).eval()
+        encoder.eval().requires_grad_(False)
+        with torch.no_grad():
+            if hasattr(encoder, "fit_feature_stats"):
+                encoder.fit_feature_stats(encoder.encode(self.images(0, STATS_IMAGES)))
+        decoder.unet.train()
+
+    def images(self, start: int, size: int) -> torch.Tensor:
+        return image_batch(self.source, start, size, self.decoder.cfg.image_size)["images"]
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"unet": self.decoder.unet, "condition": self.decoder.condition}
+
+    def batch(self, start: int, size: int) -> dict:
+        images = self.images(start, size)
+        with torch.no_grad():
+            return {"images": images, "tokens": self.encoder.encode(images)}
+
+    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        loss = self.decoder.loss(batch["images"], batch["tokens"])
+        return loss, {"flow": loss.item()}
+
+    def finish(self) -> None:
+        self.decoder.eval()
+
+
+class TargetVAETask:
     """The `vae` design-space variant: the target encoder's own AutoencoderKL, then its token statistics."""
 
-    def __init__(self, encoder, seed: int = 0):
-        self.encoder, self.data = encoder, recipe.ShapesBatches(seed, encoder.image_size)
+    name = "vae"
+
+    def __init__(self, encoder, source: DataSource):
+        self.encoder, self.source = encoder, source
         encoder.requires_grad_(True)
 
-    def modules(self):
+    def modules(self) -> dict[str, nn.Module]:
         return {"vae": self.encoder}
 
-    def batch(self, step: int, batch_size: int):
-        return self.data(step, batch_size)
+    def batch(self, start: int, size: int) -> dict:
+        return image_batch(self.source, start, size, self.encoder.image_size)
 
-    def loss(self, batch):
+    def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         loss = self.encoder.vae_loss(batch["images"])
         return loss, {"vae": loss.item()}
 
-    def finish(self):
-        import torch
-
+    def finish(self) -> None:
         self.encoder.eval().requires_grad_(False)
         with torch.no_grad():
-            self.encoder.fit_feature_stats(self.encoder.encode(self.data(0, 256)["images"]))
+            self.encoder.fit_feature_stats(self.encoder.encode(self.batch(0, STATS_IMAGES)["images"]))
+
+
+def autoencoder_tasks(model: BLIP3oModel, seed: int = 0, data: DataSourceConfig | None = None) -> dict[str, Callable]:
+    """{sub-stage: task factory} in training order; built lazily, since each needs the one before trained.
+
+    Each sub-stage gets its own source (one sequential reader per task for shards), all reading `data`."""
+    if model.decoder is None:  # target kind "vae": the target VAE is the whole autoencoder
+        return {"vae": lambda: TargetVAETask(model.target_encoder, build_source(data, seed))}
+    return {
+        "vae": lambda: VAETask(model.decoder, build_source(data, seed)),
+        "encoder": lambda: EncoderTask(model.target_encoder, model.backbone.tokenizer, build_source(data, seed)),
+        "decoder": lambda: DecoderTask(model.decoder, model.target_encoder, build_source(data, seed)),
+    }

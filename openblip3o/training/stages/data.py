@@ -1,18 +1,13 @@
-"""Batches drawn from ShapesWorld by position: batch(start, size) is always the same examples."""
+"""Per-example choices of the stages (which caption, which question), each a pure function of the example's position."""
 
 from __future__ import annotations
 
 import random
 
-from ...data.shapes import ShapesWorld
 from ...data.shapes.text import CAPTION_QUESTION
 from ...models.encoders import to_tensor
 
 CAPTION_STREAM = 7  # per-example choices use their own generator stream, apart from the scene's
-
-
-def examples(world: ShapesWorld, start: int, size: int):
-    return [world[i] for i in range(start, start + size)]
 
 
 def choice_rng(seed: int, index: int) -> random.Random:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import torch
 
-from ...data.shapes import ShapesWorld
+from ...data.sources import FIT, MAIN, STREAM_OFFSETS, DataSource, ShapesSource
 from ...models.condition_norm import ConditionStandardizer
 from ...models.unified import BLIP3oModel
-from ..prompt_check import prompt_check
-from .data import choice_rng, examples, image_batch, pick_caption
+from .data import choice_rng, image_batch, pick_caption
 
 PROMPT_RATE = 0.4
-# The condition norm's statistics are fitted on this many training captions of the stage's mix, drawn at positions
-# far past any run's steps (a fresh draw, the same every time).
-FIT_BATCHES, FIT_BATCH_SIZE, FIT_OFFSET = 16, 64, 1 << 32
+# The condition norm's statistics (and the target's principal components) are fitted on this many examples of the
+# stage's mix, drawn from the source's FIT stream (a fresh draw apart from training, the same every time); the
+# per-example caption choices there are seeded past any training position.
+FIT_BATCHES, FIT_BATCH_SIZE, FIT_OFFSET = 16, 64, STREAM_OFFSETS[FIT]
 SAMPLE_PROMPTS = (
     "a photo of a red circle",
     "a photo of three stars",
@@ -30,13 +30,15 @@ class GenerationTask:
     name = "generation"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, short_rate: float = 0.1, prompt_rate: float = PROMPT_RATE,
-                 train_backbone: bool = False, trainable_layers: int = 0, train_queries: bool = True):
+                 train_backbone: bool = False, trainable_layers: int = 0, train_queries: bool = True,
+                 source: DataSource | None = None):
         """trainable_layers: the last K language layers (and the final norm) learn with the generation loss while
         the rest of the backbone stays frozen (0 = BLIP3-o's fully frozen backbone). train_queries: False keeps the
-        learnable queries at their values (the projector and DiT still learn)."""
+        learnable queries at their values (the projector and DiT still learn). source: image + caption rows
+        (default ShapesWorld's train split)."""
         self.model, self.seed = model, seed
         self.short_rate, self.prompt_rate = short_rate, prompt_rate
-        self.world = ShapesWorld("train", seed)
+        self.source = source or ShapesSource("train", seed)
         model.backbone.set_backbone_trainable(train_backbone)
         model.backbone.queries.requires_grad_(train_queries)
         self.tail = None
@@ -52,60 +54,60 @@ class GenerationTask:
             device = encoder.feature_mean.device
             with torch.no_grad():  # encoded a batch at a time: the images are never all in memory at once
                 encoder.fit_principal_components(torch.cat([
-                    encoder.encode(self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[0].to(device))
+                    encoder.encode(self.rows(i * FIT_BATCH_SIZE, FIT_BATCH_SIZE, FIT)[0].to(device))
                     for i in range(FIT_BATCHES)]))
         norm = model.backbone.condition_norm
         if isinstance(norm, ConditionStandardizer) and not bool(norm.fitted):  # fitted once, then fixed
             model.backbone.fit_condition_norm(
-                self.batch(FIT_OFFSET + i * FIT_BATCH_SIZE, FIT_BATCH_SIZE)[1] for i in range(FIT_BATCHES))
+                self.rows(i * FIT_BATCH_SIZE, FIT_BATCH_SIZE, FIT)[1] for i in range(FIT_BATCHES))
 
     def modules(self):
-        return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
-                "condition_norm": self.model.backbone.condition_norm,
-                "generator": self.model.generator} | ({"backbone_tail": self.tail} if self.tail is not None else {})
+        return generator_modules(self.model) | ({"backbone_tail": self.tail} if self.tail is not None else {})
 
-    def batch(self, start: int, size: int):
-        chosen = examples(self.world, start, size)
-        captions = [pick_caption(e, choice_rng(self.seed, start + i), self.short_rate, self.prompt_rate)
+    def rows(self, start: int, size: int, stream: str = MAIN):
+        """Images (B, 3, S, S) and their captions (long, short or prompt, drawn per example) of a source stream."""
+        chosen = self.source.examples(start, size, stream)
+        first = STREAM_OFFSETS[stream] + start  # the choices' seed position: apart per stream
+        captions = [pick_caption(e, choice_rng(self.seed, first + i), self.short_rate, self.prompt_rate)
                     for i, e in enumerate(chosen)]
         return image_batch(chosen, self.model.config.target.image_size), captions
+
+    def batch(self, start: int, size: int):
+        return self.rows(start, size, MAIN)
 
     def loss(self, batch, generator):
         images, captions = batch
         loss = self.model.generation_loss(images.to(self.model.backbone.device), captions, generator)
         return loss, {"flow": loss.item()}
 
-    def check(self, step: int, out_dir) -> None:
-        """Every `sample_every` steps: the sample grid and the prompt check (logged to prompt_checks.jsonl)."""
-        self.sample_grid(step, out_dir)
-        self.last_check = prompt_check(self.model, step, out_dir, log=_log)
 
-    @torch.no_grad()
-    def sample_grid(self, step: int, out_dir) -> None:
-        """A contact sheet of a few fixed prompts, written during training."""
-        from ...utils.images import contact_sheet, to_pil
-
-        gens = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
-        was_training = self.model.training
-        self.model.eval()
-        tokens = self.model.sample_tokens(list(SAMPLE_PROMPTS), generator=gens, num_inference_steps=20)
-        images = self.model.decode(tokens, generator=gens, num_inference_steps=20)
-        self.model.train(was_training)
-        pil = to_pil(images)
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-        contact_sheet(pil, list(SAMPLE_PROMPTS), columns=4, tile=128).save(out_dir / "samples" / f"step-{step:06d}.png")
+def generator_modules(model: BLIP3oModel) -> dict[str, torch.nn.Module]:
+    """What generation training optimises: the queries, the projector, the condition norm and the DiT."""
+    return {"queries": QueryHolder(model.backbone), "projector": model.backbone.projector,
+            "condition_norm": model.backbone.condition_norm, "generator": model.generator}
 
 
-def _log(message: str) -> None:
-    from tqdm.auto import tqdm
+@torch.no_grad()
+def sample_grid(model: BLIP3oModel, step: int, out_dir) -> None:
+    """A contact sheet of a few fixed prompts, written during training to out_dir/samples/step-NNNNNN.png."""
+    from pathlib import Path
 
-    tqdm.write(message)  # keeps the progress bar intact
+    from ...utils.images import contact_sheet, to_pil
+
+    gens = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
+    was_training = model.training
+    model.eval()
+    tokens = model.sample_tokens(list(SAMPLE_PROMPTS), generator=gens, num_inference_steps=20)
+    images = model.decode(tokens, generator=gens, num_inference_steps=20)
+    model.train(was_training)
+    samples = Path(out_dir) / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    contact_sheet(to_pil(images), list(SAMPLE_PROMPTS), columns=4, tile=128).save(samples / f"step-{step:06d}.png")
 
 
-class _QueryHolder(torch.nn.Module):
+class QueryHolder(torch.nn.Module):
     """Registers the backbone's query parameter as a module of its own for the optimiser and checkpoints."""
 
     def __init__(self, backbone):
         super().__init__()
         self.queries = backbone.queries
-

@@ -12,21 +12,13 @@ from __future__ import annotations
 import random
 
 from ...data.shapes import PromptSampler, realise, render_scene
-from ...data.shapes.prompts import TAGS
+from ...data.tag_weights import tag_weights
 from ...models.encoders import to_tensor
 from ...models.unified import BLIP3oModel
-from .generation import _QueryHolder
+from .generation import generator_modules
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-WEIGHT_FLOOR = 0.05  # a tag the model already masters still gets a few examples
 INSTRUCT_STREAM = 11
-
-
-def tag_weights(scores: dict[str, float] | None) -> dict[str, float]:
-    """Per-tag sampling weights: (1 - score) + floor, uniform when no scores are known."""
-    if not scores:
-        return {tag: 1.0 for tag in TAGS}
-    return {tag: max(0.0, 1.0 - scores.get(tag, 0.0)) + WEIGHT_FLOOR for tag in TAGS}
 
 
 def load_curated(path: str) -> list[tuple]:
@@ -46,7 +38,7 @@ class InstructTask:
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0,
                  data: str | None = None):
-        self.model, self.seed = model, seed
+        self.model, self.seed, self.scores = model, seed, scores
         self.curated = load_curated(data) if data is not None else None
         self.weights = tag_weights(scores)
         self.tags, self.tag_probs = list(self.weights), list(self.weights.values())
@@ -62,9 +54,7 @@ class InstructTask:
     def modules(self):
         if self.lora_rank > 0:
             return {"generator": self.model.generator}  # peft leaves only the LoRA weights trainable
-        return {"queries": _QueryHolder(self.model.backbone), "projector": self.model.backbone.projector,
-                "condition_norm": self.model.backbone.condition_norm,
-                "generator": self.model.generator}
+        return generator_modules(self.model)
 
     @property
     def size(self) -> int | None:

@@ -3,22 +3,23 @@ understanding and generation losses summed on every step."""
 
 from __future__ import annotations
 
-from .generation import GenerationTask, _QueryHolder
+from ...data.sources import DataSource
+from .generation import GenerationTask, generator_modules
 from .understanding import UnderstandingTask
 
 
 class JointTask:
     name = "joint"
 
-    def __init__(self, model, seed: int = 0, generation_weight: float = 1.0, short_caption_rate: float = 0.1):
-        self.understanding = UnderstandingTask(model, seed)
-        self.generation = GenerationTask(model, seed, short_rate=short_caption_rate, train_backbone=True)
+    def __init__(self, model, seed: int = 0, generation_weight: float = 1.0, short_caption_rate: float = 0.1,
+                 understanding_source: DataSource | None = None, generation_source: DataSource | None = None):
+        self.understanding = UnderstandingTask(model, seed, source=understanding_source)
+        self.generation = GenerationTask(model, seed, short_rate=short_caption_rate, train_backbone=True,
+                                         source=generation_source)
         self.model, self.weight = model, generation_weight
 
     def modules(self):
-        return self.understanding.modules() | {"queries": _QueryHolder(self.model.backbone),
-                "projector": self.model.backbone.projector,
-                "condition_norm": self.model.backbone.condition_norm, "generator": self.model.generator}
+        return self.understanding.modules() | generator_modules(self.model)
 
     def batch(self, start: int, size: int):
         return self.understanding.batch(start, size), self.generation.batch(start, size)

@@ -8,21 +8,24 @@ teaches (measured: one-word-different prompts gave query states 0.2-2.9 % apart 
 
 from __future__ import annotations
 
-from ...data.shapes import ShapesWorld
+from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
-from .data import choice_rng, examples, pick_caption, pick_question
+from .data import choice_rng, pick_caption, pick_question
 from .vision_labels import VisionLabelHeads
 
-TEXT_STREAM_OFFSET = 1 << 30  # text rows draw their scenes from positions apart from the VQA rows'
+# Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
+TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
 
 
 class UnderstandingTask:
     name = "understanding"
 
-    def __init__(self, model: BLIP3oModel, seed: int = 0, mix: UnderstandingMix | None = None):
+    def __init__(self, model: BLIP3oModel, seed: int = 0, mix: UnderstandingMix | None = None,
+                 source: DataSource | None = None):
+        """source: image + question/answer (or caption) rows; default ShapesWorld's train split."""
         self.model, self.seed, self.mix = model, seed, mix or UnderstandingMix()
-        self.world = ShapesWorld("train", seed)
+        self.source = source or ShapesSource("train", seed)
         model.backbone.set_backbone_trainable(True)
         self.vision_labels = None
         if self.mix.vision_label_weight > 0:
@@ -46,16 +49,25 @@ class UnderstandingTask:
         return round(size * self.mix.text_rows)
 
     def batch(self, start: int, size: int):
-        chosen = examples(self.world, start, size)
+        chosen = self.source.examples(start, size, MAIN)
         pairs = [pick_question(e, choice_rng(self.seed, start + i), self.mix.caption_rate) for i, e in enumerate(chosen)]
         count = self.text_count(size)
-        text_first = TEXT_STREAM_OFFSET + start * count // max(size, 1)
+        text_first = start * count // max(size, 1)
         texts = [
-            pick_caption(e, choice_rng(self.seed, text_first + i), self.mix.text_short_rate, self.mix.text_prompt_rate)
-            for i, e in enumerate(examples(self.world, text_first, count))
-        ]
-        labels = self.vision_labels.labels([e.scene for e in chosen]) if self.vision_labels is not None else None
+            pick_caption(e, choice_rng(self.seed, TEXT_STREAM_OFFSET + text_first + i), self.mix.text_short_rate,
+                         self.mix.text_prompt_rate)
+            for i, e in enumerate(self.source.examples(text_first, count, TEXT))
+        ] if count else []
+        labels = self.vision_labels.labels(self._scenes(chosen)) if self.vision_labels is not None else None
         return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels
+
+    @staticmethod
+    def _scenes(chosen) -> list:
+        missing = [e.key for e in chosen if e.scene is None]
+        if missing:
+            raise ValueError(f"understanding.vision_label_weight needs each example's ShapesWorld objects (its json "
+                             f"'objects'); example {missing[0]} has none: set it to 0 for other data")
+        return [e.scene for e in chosen]
 
     def loss(self, batch, generator):
         images, questions, answers, texts, labels = batch
