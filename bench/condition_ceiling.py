@@ -11,20 +11,27 @@ check at seeds 0 and 1 and prints the rule score and the share whose dominant dr
   layerK   the query states after language layer K (refitted standardisation)
 Measured 2026-12-03 on runs/v4 (500 steps): bow 0.31 / 0.56, states 0.12 / 0.25, tokens 0.00 / 0.19, layer2 0.06 / 0.38.
 """
-import sys, time, torch, numpy as np
+import sys
+import time
+
+import numpy as np
+import torch
+
 torch.set_num_threads(2)
+from openblip3o.data.shapes.rules import evaluate
+from openblip3o.data.shapes.world import PALETTE
+from openblip3o.evaluation.geneval.detector import detect
 from openblip3o.inference.pipeline import BLIP3oPipeline
 from openblip3o.models.generator import Generator
-from openblip3o.training.stages.generation import GenerationTask
 from openblip3o.training.prompt_check import colour_records
-from openblip3o.evaluation.geneval.detector import detect
-from openblip3o.evaluation.geneval.rules import evaluate
-from openblip3o.data.shapes.world import PALETTE
+from openblip3o.training.stages.generation import GenerationTask
+
 path, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 shift = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
 pipe = BLIP3oPipeline.from_pretrained(path); m = pipe.model
 cfg = m.config; cfg.objective.shift = shift
 from openblip3o.objectives import build_objective
+
 m.objective = build_objective(cfg.objective)
 torch.manual_seed(0)
 m.generator = Generator(cfg.generator, m.target_encoder.latent_dim, cfg.target.grid_size, m.backbone.condition_dim)
@@ -55,7 +62,6 @@ if mode.startswith("layer"):
     bb.condition_norm.fitted.fill_(False)
 if mode == "tokens":
     from openblip3o.models.template import generation_inputs
-    from openblip3o.models.tokenizer import GEN_QUERY, token_id
     stats = {}
     def condition(prompts):
         n = bb.num_queries

@@ -8,16 +8,16 @@ Random weights at the real sizes, built on the accelerator in bf16 (no fp32 copy
 cost does not depend on the weights. Stage 1: the prompt (random ids, --seq-len tokens incl. the 64 queries) through
 Qwen2.5-VL once per batch (the DiT's unconditional branch is the zero condition); stage 2: the DiT samples 8x8 x 1792
 tokens (--steps, CFG --guidance); stage 3: the decoder UNet samples 128x128x4 latents (--decoder-steps, CFG against
-the cached empty-prompt features) and the VAE decodes them. The sampling loops here are the pipeline's (objective
-`velocity` + a diffusers scheduler) written out so the levers can act inside them:
+the cached empty-prompt features) and the VAE decodes them. Every stage is the shipped code: `Backbone.condition`
+on the ids, `FlowMatching.sample` for the DiT, `DiffusionDecoder.decode` for the decoder; the levers are their options:
 
   --attention sdpa|eager   Qwen's attention and the UNet/VAE processors (Lumina's processor is SDPA-only)
-  --compile                torch.compile of the DiT and the UNet
+  --compile                torch.compile (Module.compile) of the DiT and the UNet
   --no-batched-cfg         conditional and unconditional branches as two passes instead of one batch of 2B
   --cfg-fraction F         guidance on the first F of the steps only, conditional branch alone afterwards
   --solver euler|dpm       FlowMatchEuler (as trained) or DPMSolverMultistep (2nd order, flow sigmas) for both
   --offload                model CPU offload: each stage moves to the GPU for its turn only
-  --vae-slicing            decode the batch's latents one image at a time (VAE memory at 1024 px)
+  --vae-slicing            diffusers' VAE slicing: latents decoded one image at a time (VAE memory at 1024 px)
 """
 
 from __future__ import annotations
@@ -25,23 +25,27 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, fields, replace
 
 import torch
-from diffusers import DPMSolverMultistepScheduler
 from diffusers.models.attention_processor import AttnProcessor
-from fullscale_train import build_qwen, condition, default_dtype, peak_memory_gb, pick_device, sync, tiny_config
+from fullscale_setup import (
+    bench_config,
+    build_backbone,
+    build_decoder,
+    build_generator,
+    generator_channels,
+    peak_memory_gb,
+    pick_device,
+    random_prompt_ids,
+    sync,
+)
 
-from openblip3o.models.decoder import DiffusionDecoder
-from openblip3o.models.generator import Generator
 from openblip3o.objectives import FlowMatching
-from openblip3o.presets import get_preset
 
 DEFAULT_SEQ_LEN = 160  # chat template (~30) + a GenEval/DPG prompt (~60) + [IMG] + 64 queries
-DPM_ORDER = 2
 HOST = torch.device("cpu")
 
 
@@ -71,28 +75,30 @@ SWEEP = {
 
 
 class Models:
-    """The three inference stages; with offload each lives on the host until its turn."""
+    """The three inference stages, the shipped classes; with offload each lives on the host until its turn."""
 
     def __init__(self, config, device, levers: Levers):
         self.device, self.levers = device, levers
         home = HOST if levers.offload else device
         dtype = torch.bfloat16
-        self.qwen, self.vocab = build_qwen(config, home, dtype, levers.attention)
-        hidden = self.qwen.config.text_config.hidden_size
-        with torch.device(home), default_dtype(dtype):
-            self.queries = torch.randn(1, config.backbone.num_queries, hidden)
-            token_dim = _token_dim(config)
-            self.generator = Generator(config.generator, token_dim, config.target.grid_size, hidden).eval()
-            self.decoder = DiffusionDecoder.from_config(replace(config.decoder, pretrained_path=None), token_dim,
-                                                        config.target.grid_size).eval()
-        self.generator.to(home, dtype), self.decoder.to(home, dtype)
-        self.token_shape = (token_dim, config.target.grid_size, config.target.grid_size)
+        self.backbone = build_backbone(config, home, dtype, levers.attention)
+        self.generator = build_generator(config, home, self.backbone.condition_dim).to(home, dtype).eval()
+        self.decoder = build_decoder(config, home, dtype)
+        self.token_shape = (generator_channels(config), config.target.grid_size, config.target.grid_size)
         self.dit_objective = FlowMatching(config.objective)
         if levers.attention == "eager":
             self.decoder.unet.set_attn_processor(AttnProcessor())
             self.decoder.vae.set_attn_processor(AttnProcessor())
-        self.dit = torch.compile(self.generator) if levers.compile else self.generator
-        self.unet = torch.compile(self.decoder) if levers.compile else self.decoder
+        if levers.vae_slicing:
+            self.decoder.vae.enable_slicing()
+        if levers.compile:
+            self.generator.dit.compile()
+            self.decoder.unet.compile()
+
+    def sampler_options(self) -> dict:
+        """The levers that are options of `FlowMatching.sample`."""
+        return {"solver": self.levers.solver, "guided_fraction": self.levers.cfg_fraction,
+                "batched_guidance": self.levers.batched_cfg}
 
     @contextlib.contextmanager
     def stage(self, *modules):
@@ -108,77 +114,31 @@ class Models:
                     module.to(HOST)
 
 
-def _token_dim(config) -> int:
-    from openblip3o.models.inventory import target_token_dim
-
-    if config.target.encoder == "eva_clip":
-        return target_token_dim(config)
-    return config.target.model["vision"]["hidden_size"]
-
-
-def scheduler(objective: FlowMatching, solver: str, steps: int):
-    if solver == "dpm":
-        sched = DPMSolverMultistepScheduler(num_train_timesteps=objective.config.num_train_timesteps,
-                                            use_flow_sigmas=True, prediction_type="flow_prediction",
-                                            flow_shift=objective.config.shift, solver_order=DPM_ORDER)
-    else:
-        sched = objective.scheduler()
-    sched.set_timesteps(steps)
-    return sched
-
-
-@torch.no_grad()
-def sample(network, objective: FlowMatching, noise, cond, uncond, guidance: float, levers: Levers, steps: int):
-    """FlowMatching.sample with the levers: batched or split CFG, CFG on the first fraction of the steps."""
-    sched = scheduler(objective, levers.solver, steps)
-    guided_steps = math.ceil(levers.cfg_fraction * steps) if guidance != 1.0 else 0
-    x = noise
-    for index, t in enumerate(sched.timesteps):
-        sigma = sched.sigmas[index].to(x.device, x.dtype).expand(x.shape[0])
-        if index < guided_steps and levers.batched_cfg:
-            both = objective.velocity(network, torch.cat([x, x]), sigma.repeat(2), torch.cat([cond, uncond]))
-            v_cond, v_uncond = both.chunk(2)
-            v = v_uncond + guidance * (v_cond - v_uncond)
-        elif index < guided_steps:
-            v_cond = objective.velocity(network, x, sigma, cond)
-            v = v_cond + (guidance - 1) * (v_cond - objective.velocity(network, x, sigma, uncond))
-        else:
-            v = objective.velocity(network, x, sigma, cond)
-        x = sched.step(v, t, x, return_dict=False)[0].to(noise.dtype)  # schedulers step in fp32
-    return x
-
-
 @torch.no_grad()
 def generate(models: Models, batch: int, seq_len: int, guidance: float, decoder_guidance: float) -> dict[str, float]:
-    """One text-to-image batch; returns seconds per stage."""
+    """One text-to-image batch through the shipped calls; returns seconds per stage."""
     device, levers, times = models.device, models.levers, {}
     dtype = torch.bfloat16
     start = time.perf_counter()
-    with models.stage(models.qwen):
-        ids = torch.randint(0, models.vocab, (batch, seq_len), device=device)
-        cond = condition(models.qwen, models.queries.to(device), ids)
+    with models.stage(models.backbone):
+        ids, attention_mask = random_prompt_ids(models.backbone, batch, seq_len)
+        cond, mask = models.backbone.condition_from_ids(ids, attention_mask)
         sync(device)
     times["backbone"] = time.perf_counter() - start
     start = time.perf_counter()
     with models.stage(models.generator):
         noise = torch.randn(batch, *models.token_shape, device=device, dtype=dtype)
-        grid = sample(models.dit, models.dit_objective, noise, cond, torch.zeros_like(cond), guidance, levers,
-                      levers.steps)
+        grid = models.dit_objective.sample(models.generator, noise, cond.to(dtype), mask,
+                                           num_inference_steps=levers.steps, guidance_scale=guidance,
+                                           **models.sampler_options())
         tokens = grid.flatten(2).transpose(1, 2)
         sync(device)
     times["dit"] = time.perf_counter() - start
     start = time.perf_counter()
-    decoder = models.decoder
-    with models.stage(decoder):
+    with models.stage(models.decoder):
         uncond = torch.zeros_like(tokens)  # stands for the cached empty-prompt tokens (same cost)
-        latents = torch.randn(batch, decoder.latent_channels, decoder.latent_size, decoder.latent_size, device=device,
-                              dtype=dtype)
-        latents = sample(models.unet, decoder.objective, latents, tokens, uncond, decoder_guidance, levers,
-                         levers.decoder_steps)
-        if levers.vae_slicing:
-            images = torch.cat([decoder.decode_latents(one) for one in latents.split(1)])
-        else:
-            images = decoder.decode_latents(latents)
+        images = models.decoder.decode(tokens, uncond, num_inference_steps=levers.decoder_steps,
+                                       guidance_scale=decoder_guidance, **models.sampler_options())
         sync(device)
     times["decoder"] = time.perf_counter() - start
     times["total"] = sum(times.values())
@@ -243,7 +203,7 @@ def main(argv=None) -> list[dict]:
     if not 0.0 <= args.cfg_fraction <= 1.0:
         raise SystemExit("--cfg-fraction must be within [0, 1]")
     device = pick_device(args.device)
-    config = tiny_config() if args.tiny else get_preset(args.preset)
+    config = bench_config(args.preset, args.tiny)
     args.seq_len = args.seq_len or (config.backbone.num_queries + 16 if args.tiny else DEFAULT_SEQ_LEN)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     base = Levers(args.attention, args.compile, args.batched_cfg, args.cfg_fraction, args.solver, args.steps,

@@ -23,124 +23,45 @@ MFU = achieved FLOP/s / peak dense bf16 FLOP/s of the device (--peak-tflops; H10
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import resource
 import sys
 import time
 
 import torch
-import torch.utils.checkpoint
+from fullscale_setup import (
+    bench_config,
+    build_backbone,
+    build_generator,
+    default_dtype,
+    generator_channels,
+    peak_memory_gb,
+    pick_device,
+    random_prompt_ids,
+    sync,
+)
 from torch import nn
 
-from openblip3o.config import merge
-from openblip3o.models.backbone import qwen_config
 from openblip3o.models.encoders import build_target_encoder
-from openblip3o.models.generator import Generator
 from openblip3o.models.unified import tokens_to_grid
 from openblip3o.objectives import build_objective
-from openblip3o.presets import get_preset
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, SXM
-TINY_VOCAB = 320  # random token ids at tiny size (no tokenizer is needed to time a step)
+TINY_VOCAB = 320  # the tiny CLIP text tower's vocabulary (its text side is never run here)
 TINY_EOS_ID = 1  # the tiny CLIP text tower's end token (never 2: CLIP's legacy pooling)
 LEARNING_RATE = 1e-4  # BLIP3-o stage 1
 DEFAULT_SEQ_LEN = 512  # BLIP3-o's maximum: 447 prompt tokens + [IMG] + 64 queries
 TINY_PROMPT_TOKENS = 16  # tiny prompt length before the queries
-GIB = 1024**3
-
-
-def tiny_config(name: str = "tiny"):
-    """The mini preset shrunk to seconds on a CPU, shaped like the full presets (identity projector, no spatial
-    decoder input); tests/tiny.py's sizes."""
-    base = get_preset("mini")
-    text = {**base.backbone.text, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}}
-    vision = {**base.backbone.vision, "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
-              "fullatt_block_indexes": [0]}
-    target = dict(base.target.model)
-    target["vision"] = {**target["vision"], "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                        "num_attention_heads": 2}
-    target["text"] = {**target["text"], "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                      "num_attention_heads": 2}
-    target["projection_dim"] = 32
-    return merge(base, {
-        "name": name,
-        "backbone": {"text": text, "vision": vision, "projector": "identity"},
-        "generator": {"hidden_size": 64, "num_layers": 2, "num_attention_heads": 4, "num_kv_heads": 4},
-        "target": {"model": target},
-        "decoder": {"unet": {**base.decoder.unet, "block_out_channels": [16, 32, 32], "cross_attention_dim": 32},
-                    "vae": {**base.decoder.vae, "block_out_channels": [16, 16, 16]}, "spatial_conditioning": False},
-    })
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    """Build modules directly in `dtype` (no fp32 copy first)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def linear_params(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
-class CheckpointedBlock(nn.Module):
-    """Recompute one DiT block in the backward pass. diffusers' LuminaNextDiT2DModel declares no gradient
-    checkpointing support (enable_gradient_checkpointing raises), so the bench wraps its blocks."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-
-    def forward(self, *args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(self.block, *args, use_reentrant=False, **kwargs)
-
-
-def checkpoint_blocks(dit: nn.Module) -> None:
-    dit.layers = nn.ModuleList(CheckpointedBlock(block) for block in dit.layers)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_qwen(config, device, dtype, attention: str):
-    """Qwen2.5-VL with random weights at the preset's size, built on `device` in `dtype`."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    vocab = int(config.backbone.text.get("vocab_size", TINY_VOCAB))
-    qwen_cfg = qwen_config(config.backbone, vocab)
-    qwen_cfg._attn_implementation = attention
-    for sub in (qwen_cfg.text_config, qwen_cfg.vision_config):
-        sub._attn_implementation = attention
-    with torch.device(device), default_dtype(dtype):
-        model = Qwen2_5_VLForConditionalGeneration(qwen_cfg)
-    return model.to(dtype).eval().requires_grad_(False), vocab
-
-
 def build_encoder(config, device, dtype):
     with torch.device(device), default_dtype(dtype):
         encoder = build_target_encoder(config.target, text_vocab_size=TINY_VOCAB, eos_token_id=TINY_EOS_ID)
     return encoder.to(device, dtype).eval().requires_grad_(False)
-
-
-def condition(qwen, queries: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Backbone.condition on token ids: prompt embeddings + the queries last -> final-norm query states (B, N, H)."""
-    n = queries.shape[1]
-    embeds = qwen.get_input_embeddings()(input_ids[:, :-n])
-    embeds = torch.cat([embeds, queries.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)], dim=1)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
-    out = qwen.model(input_ids=None, inputs_embeds=embeds, position_ids=positions, use_cache=False)
-    return out.last_hidden_state[:, -n:]
 
 
 def flops_per_sample(config, qwen, generator, encoder, seq_len: int, cached: bool) -> dict[str, float]:
@@ -179,20 +100,9 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / GIB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # host RSS (Linux reports KiB)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run(args) -> dict:
     device = torch.device("meta") if args.flops_only else pick_device(args.device)
-    config = tiny_config() if args.tiny else get_preset(args.preset)
+    config = bench_config(args.preset, args.tiny)
     seq_len = args.seq_len or (config.backbone.num_queries + TINY_PROMPT_TOKENS if args.tiny else DEFAULT_SEQ_LEN)
     if seq_len <= config.backbone.num_queries:
         raise SystemExit(f"--seq-len {seq_len} must exceed the {config.backbone.num_queries} queries")
@@ -202,13 +112,11 @@ def run(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    qwen, vocab = build_qwen(config, device, store, args.attention)
-    hidden = qwen.config.text_config.hidden_size
+    backbone = build_backbone(config, device, store, args.attention)  # frozen; its fp32 queries train
+    qwen = backbone.model
     encoder = None if args.cached_features else build_encoder(config, device, store)
-    token_dim = encoder.token_dim if encoder is not None else _token_dim(config)
-    with torch.device(device):
-        generator = Generator(config.generator, token_dim, config.target.grid_size, hidden)  # fp32 master weights
-        queries = nn.Parameter(torch.randn(1, config.backbone.num_queries, hidden))
+    token_dim = encoder.token_dim if encoder is not None else generator_channels(config)
+    generator = build_generator(config, device, backbone.condition_dim)
     objective = build_objective(config.objective)
     if args.flops_only:  # analytic FLOPs from the real sizes, built on the meta device (no memory)
         flops = flops_per_sample(config, qwen, generator, encoder, seq_len, args.cached_features)
@@ -216,20 +124,20 @@ def run(args) -> dict:
                 "tflop_per_sample_by_part": {k: v / 1e12 for k, v in flops.items()},
                 "tflop_per_sample": sum(flops.values()) / 1e12}
     if args.activation_checkpointing:
-        checkpoint_blocks(generator.dit)
+        generator.enable_activation_checkpointing()
         # transformers 5 renamed gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)
         if hasattr(qwen, "activation_checkpointing_enable"):
             qwen.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             qwen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         qwen.train()  # transformers checkpoints only in training mode (Qwen has no dropout)
-    params = [*generator.parameters(), queries]
+    params = [*generator.parameters(), backbone.queries]
     optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0, fused=device.type == "cuda")
     batch, grid = args.batch_size, config.target.grid_size
     image_size = config.target.image_size
 
     def step() -> float:
-        input_ids = torch.randint(0, vocab, (batch, seq_len), device=device)
+        input_ids, attention_mask = random_prompt_ids(backbone, batch, seq_len)
         with torch.autocast(device.type, dtype=autocast_dtype):
             if encoder is None:
                 x0 = torch.randn(batch, token_dim, grid, grid, device=device)
@@ -237,8 +145,8 @@ def run(args) -> dict:
                 with torch.no_grad():
                     images = torch.rand(batch, 3, image_size, image_size, device=device, dtype=store)
                     x0 = tokens_to_grid(encoder.normalize(encoder.encode(images)), grid).float()
-            cond = condition(qwen, queries, input_ids)
-            loss = objective.loss(generator, x0, cond, None)
+            cond, mask = backbone.condition_from_ids(input_ids, attention_mask)  # the pipeline's Backbone.condition
+            loss = objective.loss(generator, x0, cond, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -267,14 +175,6 @@ def run(args) -> dict:
         "peak_memory_gb": peak_memory_gb(device), "loss": losses[-1],
         "trainable_parameters": sum(p.numel() for p in params),
     }
-
-
-def _token_dim(config) -> int:
-    from openblip3o.models.inventory import target_token_dim
-
-    if config.target.encoder == "eva_clip":
-        return target_token_dim(config)
-    return config.target.model["vision"]["hidden_size"]  # CLIP's last block width
 
 
 def main(argv=None) -> dict:

@@ -1,6 +1,6 @@
 """openblip3o: unified multimodal models built the BLIP3-o way."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["BLIP3oPipeline", "__version__"]
 

@@ -110,6 +110,36 @@ class SamplingConfig:
     guidance_scale: float = 3.0
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The sampling settings of one generation call, for the DiT and the diffusion decoder; None = the model's default.
+
+    The one shape every entry point carries them in (pipeline, server, CLI, curation, evaluation, benchmarks), and
+    `resolved` the one place the defaults are filled in: `ModelConfig.sampling` for the DiT, the `ModelConfig.decoder`
+    fields for the decoder (where a saved pipeline stores them). Frozen and hashable: requests with equal settings
+    share a batch.
+    """
+
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    decoder_num_inference_steps: int | None = None
+    decoder_guidance_scale: float | None = None
+
+    def resolved(self, config: ModelConfig) -> SamplingSettings:
+        """Every None (and a step count of 0) replaced by the model's default."""
+        return SamplingSettings(
+            num_inference_steps=self.num_inference_steps or config.sampling.num_inference_steps,
+            guidance_scale=config.sampling.guidance_scale if self.guidance_scale is None else self.guidance_scale,
+            decoder_num_inference_steps=self.decoder_num_inference_steps or config.decoder.num_inference_steps,
+            decoder_guidance_scale=(config.decoder.guidance_scale if self.decoder_guidance_scale is None
+                                    else self.decoder_guidance_scale),
+        )
+
+    def as_kwargs(self) -> dict:
+        """The `BLIP3oPipeline.__call__` keyword arguments."""
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class ModelConfig:
     name: str = "mini"

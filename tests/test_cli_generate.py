@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from openblip3o import BLIP3oPipeline
 from openblip3o.cli import app
-from openblip3o.serving.model import model_id_for
+from openblip3o.inference.load import model_id_for
 from openblip3o.utils.images import LABEL_LINE_HEIGHT, LABEL_PADDING
 
 runner = CliRunner()

@@ -87,3 +87,47 @@ def test_generate_out_naming_a_folder_as_the_grid_file_is_refused(tmp_path, miss
 def test_data_shapes_out_is_a_file(tmp_path):
     (tmp_path / "afile").write_text("x")
     one_error_line(invoke("data", "shapes", "--out", tmp_path / "afile", "--num", "2", "--workers", "1"))
+
+
+HELP_COMMANDS = ([], ["train"], ["generate"], ["serve"], ["study"], ["eval", "geneval"], ["data", "shapes"])
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_help_imports_no_torch(command):
+    """`--help` answers at once: importing torch (seconds, and it may be absent) waits until a command needs it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom openblip3o.cli.main import app\ntry:\n    app(sys.argv[1:] + ['--help'])\n"
+             "except SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=60)
+    assert "Usage" in out.stdout, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "False", out.stderr
+
+
+@pytest.fixture(scope="module")
+def damaged_backbone(tmp_path_factory):
+    """A saved tiny pipeline whose backbone folder lost its queries file (an interrupted copy)."""
+    import torch
+    from tiny import tiny_config
+
+    from openblip3o import BLIP3oPipeline
+    from openblip3o.models.backbone import QUERIES_FILE
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("damaged") / "pipe"
+    BLIP3oPipeline.from_preset("tiny", tiny_config()).save_pretrained(folder)
+    (folder / "backbone" / QUERIES_FILE).unlink()
+    return folder
+
+
+@pytest.mark.parametrize("command", [("generate", "a red circle"), ("ask", "IMAGE", "what color?")])
+def test_a_damaged_backbone_folder_is_one_line(damaged_backbone, tmp_path, command):
+    from openblip3o.models.backbone import QUERIES_FILE
+
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 64)).save(image)
+    args = [str(image) if a == "IMAGE" else a for a in command]
+    line = one_error_line(invoke(*args, "--model", damaged_backbone, "--out", tmp_path / "o") if command[0] == "generate"
+                          else invoke(*args, "--model", damaged_backbone), QUERIES_FILE)
+    assert "backbone" in line

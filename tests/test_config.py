@@ -31,5 +31,5 @@ def test_round_trip_through_a_dict():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'huge'; known presets: mini, blip3o-4b, blip3o-8b"):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; known presets: mini, blip3o-4b, blip3o-8b, tiny"):
         get_preset("huge")

@@ -29,7 +29,8 @@ from PIL import Image
 
 from openblip3o.config import ConfigError
 from openblip3o.curation import curate, deduplicate, load_config
-from openblip3o.curation.client import Outcome, RateLimiter
+from openblip3o.curation.client import RateLimiter
+from openblip3o.curation.items import Outcome
 from openblip3o.curation.prompts import PromptSource, load_categories
 from openblip3o.curation.writer import FAILURES_NAME, FailureLog, shard_ids, shard_paths
 from openblip3o.data.shards import ShardReader
@@ -340,8 +341,8 @@ def test_local_backend_and_clip_filter_hook(tmp_path, mini_pipe):
 def test_render_backend_makes_the_mini_instruction_set_exactly(tmp_path):
     """`--backend render`: every image shows its prompt (the rule scorer passes it), the GenEval record is stored,
     a rerun adds nothing, and a full-scale plan is refused."""
+    from openblip3o.data.shapes.rules import evaluate
     from openblip3o.evaluation.geneval.detector import detect
-    from openblip3o.evaluation.geneval.rules import evaluate
 
     config = load_config(None, out_dir=str(tmp_path), scale="mini", num_items=40, images_per_prompt=2,
                          backend="render", shard_size=16, progress=False)

@@ -11,9 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from openblip3o.config import DecoderConfig, ObjectiveConfig, TargetConfig
 from openblip3o.data.shapes import ShapesWorld, vocabulary
-from openblip3o.models.decoder import MINI_DEFAULTS as DECODER_DEFAULTS
 from openblip3o.models.decoder import Autoencoder, DiffusionDecoder, build_decoder
-from openblip3o.models.encoders import MINI_DEFAULTS as ENCODER_DEFAULTS
 from openblip3o.models.encoders import (
     CLIPTargetEncoder,
     VAETargetEncoder,
@@ -22,6 +20,8 @@ from openblip3o.models.encoders import (
     to_tensor,
 )
 from openblip3o.models.loading import CheckpointError
+from openblip3o.presets import MINI_DECODER as DECODER_DEFAULTS
+from openblip3o.presets import MINI_TARGET_MODEL as ENCODER_DEFAULTS
 
 PAD, EOS, UNK, FIRST_WORD = 0, 1, 3, 4  # EOS deliberately not 2 (CLIP's legacy argmax pooling)
 WORDS = {w: i + FIRST_WORD for i, w in enumerate(vocabulary())}

@@ -6,13 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import write_layout
 from PIL import Image
 
-from conftest import write_layout
 from openblip3o.data.shapes import PromptSampler, ShapesWorld, realise, render_scene
+from openblip3o.data.shapes.rules import Detection, evaluate, relative_position
 from openblip3o.evaluation.geneval.detector import detect
 from openblip3o.evaluation.geneval.layout import MetadataError
-from openblip3o.evaluation.geneval.rules import Detection, evaluate, relative_position
 from openblip3o.evaluation.geneval.score import score_folder, summarize
 
 

@@ -21,9 +21,9 @@ from openblip3o.data.shapes import (
     realise,
     vocabulary,
 )
+from openblip3o.data.shapes.rules import relative_position
 from openblip3o.data.shapes.world import heldout_relation_forms
 from openblip3o.evaluation.geneval.detector import detect
-from openblip3o.evaluation.geneval.rules import relative_position
 
 
 def test_world_has_genevals_required_vocabulary():

@@ -3,16 +3,16 @@
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
+from tiny import tiny_config
 from typer.testing import CliRunner
 
 from openblip3o.cli import app
-from openblip3o.evaluation import study
-from openblip3o.evaluation.study import StudyConfig, diversity, frechet_distance, run_study
-from openblip3o.evaluation.study_report import claims, write_report
+from openblip3o.study import run as study
+from openblip3o.study.report import claims, write_report
+from openblip3o.study.run import StudyConfig, diversity, frechet_distance, run_study
 from openblip3o.training.config import LoopConfig, StageLoops, TrainConfig
-from tiny import tiny_config
 
 TINY_BATCH = 4
 TINY_LOOPS = TrainConfig(loops=StageLoops(**{name: LoopConfig(steps=1000, batch_size=TINY_BATCH) for name in (
@@ -103,7 +103,7 @@ def test_init_starts_every_variant_from_one_backbone_and_trains_only_generation(
 
 def test_shared_vae_is_trained_before_the_budget_probes_time_anything(tmp_path, monkeypatch):
     """A probe that also trained the shared VAE would fold its minutes into the fit and starve the vae variants."""
-    from openblip3o.evaluation.study_start import StartFrom
+    from openblip3o.study.start import StartFrom
 
     class Stop(Exception):
         pass

@@ -8,7 +8,7 @@ import typer
 
 from ..data.shapes.sampler import PlacementError
 from ..evaluation.geneval.layout import MetadataError
-from ..models.loading import CheckpointError
+from ..models.errors import CheckpointError
 
 # Paths the user named that exist as the wrong kind of thing, or that they may not write, are their mistakes too.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError,

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from .errors import user_errors
+from .loading import load_for_command
 
 app = typer.Typer(help="Score generated images and answers.", no_args_is_help=True)
 
@@ -73,10 +74,10 @@ def reconstruct(
     if num < 1:
         raise ValueError("--num must be at least 1")
     pipe = BLIP3oPipeline.from_pretrained(model)
-    decoder = pipe.config.decoder
+    sampling = _sampling(None, None, steps, guidance).resolved(pipe.config)
     scores = reconstruct_heldout(pipe, num=num, batch_size=batch_size, seed=seed,
-                                 num_inference_steps=steps or decoder.num_inference_steps,
-                                 guidance_scale=decoder.guidance_scale if guidance is None else guidance)
+                                 num_inference_steps=sampling.decoder_num_inference_steps,
+                                 guidance_scale=sampling.decoder_guidance_scale)
     if as_json:
         typer.echo(json.dumps({k: scores[k] for k in (*SCORE_KEYS, "scenes")}))
     else:
@@ -96,15 +97,14 @@ SEED_OPT = typer.Option(42, "--seed", help="Sample j of every prompt starts from
 MINI = "mini"
 
 
-def _sampling(steps, cfg, decoder_steps, decoder_cfg) -> dict:
-    return {"num_inference_steps": steps, "guidance_scale": cfg, "decoder_num_inference_steps": decoder_steps,
-            "decoder_guidance_scale": decoder_cfg}
+def _sampling(steps, cfg, decoder_steps, decoder_cfg):
+    from ..config import SamplingSettings
+
+    return SamplingSettings(steps, cfg, decoder_steps, decoder_cfg)
 
 
 def _pipeline(model: str):
-    from .generate import _load
-
-    return _load(model)
+    return load_for_command(model).pipe
 
 
 @app.command()
@@ -126,7 +126,7 @@ def geneval(
         raise ValueError("--n-samples and --batch-size must be at least 1")
     records = read_metadata_file(metadata)
     settings = generate_layout(_pipeline(model), records, out, n_samples=n_samples, batch_size=batch_size, seed=seed,
-                               grid=grid, **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+                               grid=grid, sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg))
     typer.echo(f"{len(records)} prompts x {n_samples} images in {out} (model hash {settings['model_hash']})")
 
 
@@ -145,7 +145,7 @@ def dpg(
 
     texts = write_mini_prompts(out, num) if prompts == MINI else read_prompts(prompts)
     generate_dpg(_pipeline(model), texts, out, seed=seed, batch_size=batch_size,
-                 **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+                 sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg))
     hint = f"; score with: openblip3o eval dpg-score {out}" if prompts == MINI else ""
     typer.echo(f"{len(texts)} grids in {out}{hint}")
 
@@ -183,7 +183,7 @@ def wise(
 
     records = load_prompts(prompts)
     generate_wise(_pipeline(model), records, out, seed=seed, batch_size=batch_size,
-                  **_sampling(steps, cfg, decoder_steps, decoder_cfg))
+                  sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg))
     typer.echo(f"{len(records)} images in {out}")
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from .errors import user_errors
+from .loading import load_for_command
 
 DEFAULT_OUT = Path("outputs")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -20,16 +21,6 @@ MODEL_HELP = "A folder written by save_pretrained, or 'mini' (the shipped defaul
 MAX_N = 64  # images per prompt
 MAX_IMAGES = 512  # images per command: a larger job is a loop over commands (or `openblip3o eval geneval`)
 CHUNK = 16  # images per pipeline call: memory stays bounded however many images are asked for
-
-
-def _load(model: str):
-    """The pipeline, with load-time warnings shown as one 'note:' line each on stderr."""
-    from ..serving.model import load_model
-
-    loaded = load_model(model)
-    for note in loaded.notes:
-        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
-    return loaded.pipe
 
 
 def _slug(text: str) -> str:
@@ -108,7 +99,7 @@ def generate(
     if seed is None:
         seed = secrets.randbits(SEED_BITS)
         typer.echo(f"seed {seed}", err=True)
-    pipe = _load(model)
+    pipe = load_for_command(model).pipe
     import torch
 
     # Image i (prompt i // n) has seed SEED + i whichever chunk makes it: chunking changes no image (batch == alone).
@@ -153,5 +144,5 @@ def ask(
         raise ValueError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}")
     (question,) = _user_text([question], MAX_QUESTION_CHARS, "question")
     picture = load_image_file(image)
-    pipe = _load(model)
+    pipe = load_for_command(model).pipe
     typer.echo(pipe.answer(images=[picture], questions=[question], max_new_tokens=max_new_tokens)[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .errors import user_errors
+from .loading import load_for_command
 
 DEFAULT_HOST = "127.0.0.1"  # local only unless asked: the server has no rate limiting per client
 DEFAULT_PORT = 8000
@@ -18,15 +19,6 @@ def _require(module: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"{module} is not installed; {SERVE_EXTRA_HINT}")
-
-
-def _load(model: str):
-    from ..serving.model import load_model
-
-    loaded = load_model(model)
-    for note in loaded.notes:
-        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
-    return loaded
 
 
 def _check_port(port: int) -> None:
@@ -63,7 +55,7 @@ def serve(
         if value is not None and value < lowest:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {lowest}")
     limits = dataclasses.replace(Limits(), **{k: v for k, v in overrides.items() if v is not None})
-    loaded = _load(model)
+    loaded = load_for_command(model)
     app = create_app(loaded.pipe, loaded.model_id, api_key=api_key, limits=limits)
     auth = "API key required" if api_key else "no API key"
     typer.echo(f"serving {loaded.model_id!r} on http://{host}:{port}/v1 ({auth})", err=True)
@@ -81,6 +73,6 @@ def demo(
     from ..serving.demo import launch_demo
 
     _check_port(port)
-    loaded = _load(model)
+    loaded = load_for_command(model)
     typer.echo(f"demo of {loaded.model_id!r} on http://{host}:{port}", err=True)
     launch_demo(loaded.pipe, loaded.model_id, host=host, port=port)

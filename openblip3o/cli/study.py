@@ -39,9 +39,9 @@ def study(
              "the shipped model); only generation (or joint) training is then spent per variant."),
 ):
     """Train {clip, vae} x {flow_matching, mse} (sequential) and clip+flow joint; report GenEval, diversity, FD, VQA."""
-    from ..evaluation.study import VARIANTS, StudyConfig, run_study
-    from ..evaluation.study_report import write_report
     from ..presets import get_preset
+    from ..study.report import write_report
+    from ..study.run import VARIANTS, StudyConfig, run_study
 
     get_preset(preset)
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) if variants else tuple(VARIANTS)

@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..config import ModelConfig
-from ..models.backbone import Backbone, _init_new_rows, _load_image_processor, qwen_config
+from ..models.backbone import Backbone, init_new_rows, load_image_processor, qwen_config
 from ..models.decoder import DiffusionDecoder
 from ..models.encoders import build_target_encoder
 from ..models.generator import Generator
@@ -256,8 +256,8 @@ def convert_official(source: str | Path, out: str | Path, config: ModelConfig,
     if tied:
         qwen.tie_weights()
     if len(tokenizer) > rows:  # our generation tokens, beyond the official vocabulary: mean rows, as BLIP3-o did
-        _init_new_rows(qwen, min(official_vocab, rows), len(tokenizer))
-    image_processor = _load_image_processor(source, qwen.config.vision_config, config.backbone.image_size)
+        init_new_rows(qwen, min(official_vocab, rows), len(tokenizer))
+    image_processor = load_image_processor(source, qwen.config.vision_config, config.backbone.image_size)
     backbone = Backbone(config.backbone, qwen, tokenizer, image_processor)
     with torch.no_grad():
         backbone.queries.data = parts[COMPONENT_QUERIES]["queries"].clone()

@@ -8,7 +8,8 @@ See `run.py` for the flow and its resume guarantees, `openblip3o curate --help` 
 
 from .config import CurateConfig, load_config
 from .dedup import Deduplicator, deduplicate, normalise
-from .prompts import Item, build_prompts, load_categories
+from .items import Item
+from .prompts import build_prompts, load_categories
 from .run import curate
 
 __all__ = ["CurateConfig", "Deduplicator", "Item", "build_prompts", "curate", "deduplicate", "load_categories",

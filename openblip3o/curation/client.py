@@ -22,7 +22,7 @@ import httpx
 from PIL import Image
 
 from .config import EndpointConfig, ExpansionConfig
-from .prompts import Item
+from .items import Item, Outcome
 
 DETAIL_CHARS = 200  # how much of a server's error message goes into the failure log
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})  # plus every 5xx: overload, restarts, gateways
@@ -36,20 +36,6 @@ class BadResponse(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
-
-
-@dataclass
-class Outcome:
-    """The verdict on one item: `image` (+ the bytes received) or a failure `reason` with a short `detail`."""
-
-    item: Item
-    image: Image.Image | None = None
-    data: bytes | None = None  # the encoded image as received (kept as is: no re-encoding loss)
-    ext: str = "png"
-    reason: str | None = None
-    detail: str = ""
-    attempts: int = 1
-    seconds: float = 0.0
 
 
 class RateLimiter:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, check_choice, from_dict
+from ..config import ConfigError, SamplingSettings, check_choice, from_dict
 
 ENV_PREFIX = "OPENBLIP3O_CURATE_"
 SCALES = ("full", "mini")  # full: the shipped BLIP3o-60k category table; mini: ShapesWorld's six GenEval tags
@@ -73,6 +73,11 @@ class LocalConfig:
     guidance_scale: float | None = None
     decoder_steps: int | None = None
     decoder_guidance_scale: float | None = None
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        """These four keys (named as the YAML files write them) in the shape every pipeline call takes."""
+        return SamplingSettings(self.steps, self.guidance_scale, self.decoder_steps, self.decoder_guidance_scale)
 
 
 @dataclass

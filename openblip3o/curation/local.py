@@ -7,24 +7,15 @@ in another batch, or in a resumed run: resuming after a kill reproduces exactly 
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from .client import Outcome
 from .config import LocalConfig
-from .prompts import Item
+from .items import Item, Outcome, png_bytes
 
-PNG_COMPRESS_LEVEL = 1  # small generated images: fast compression matters more than a few bytes
 CLIP_LOGIT_SCALE = 100.0  # CLIPScore's convention: 100 x cosine similarity
 
 Scorer = Callable[[list, list[str]], list[float]]  # (PIL images, prompts) -> one score per pair
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buffer.getvalue()
 
 
 class LocalBackend:
@@ -33,7 +24,7 @@ class LocalBackend:
     def __init__(self, config: LocalConfig, pipe=None, notes: Callable[[str], None] | None = None):
         self.config = config
         if pipe is None:
-            from ..serving.model import load_model
+            from ..inference.load import load_model
 
             loaded = load_model(config.model)
             pipe = loaded.pipe
@@ -47,9 +38,7 @@ class LocalBackend:
 
         c = self.config
         with torch.inference_mode():
-            return self.pipe(prompt=[i.prompt for i in batch], num_inference_steps=c.steps,
-                             guidance_scale=c.guidance_scale, decoder_num_inference_steps=c.decoder_steps,
-                             decoder_guidance_scale=c.decoder_guidance_scale,
+            return self.pipe(prompt=[i.prompt for i in batch], **c.sampling.as_kwargs(),
                              generator=[torch.Generator().manual_seed(i.seed) for i in batch],
                              output_type="pil", progress=False).images
 
@@ -65,7 +54,7 @@ class LocalBackend:
                 continue
             seconds = (time.monotonic() - begin) / len(batch)
             for item, image in zip(batch, images):
-                yield Outcome(item, image=image.convert("RGB"), data=_png(image), seconds=seconds)
+                yield Outcome(item, image=image.convert("RGB"), data=png_bytes(image), seconds=seconds)
 
     def _one_by_one(self, batch: list[Item]) -> Iterator[Outcome]:
         for item in batch:
@@ -74,7 +63,7 @@ class LocalBackend:
             except Exception as err:  # noqa: BLE001 - recorded in the failure log with its type and message
                 yield Outcome(item, reason="local_error", detail=f"{type(err).__name__}: {err}"[:200])
             else:
-                yield Outcome(item, image=image.convert("RGB"), data=_png(image))
+                yield Outcome(item, image=image.convert("RGB"), data=png_bytes(image))
 
 
 def target_encoder_scorer(pipe) -> Scorer:

@@ -16,33 +16,17 @@ import json
 import os
 import random
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from .config import CurateConfig
 from .dedup import Deduplicator, normalise
+from .items import Item, item_id
 
 CATEGORIES_FILE = Path(__file__).with_name("categories.yaml")
 PLAN_NAME = "prompts.jsonl"
 PLAN_HEADER_KIND = "openblip3o-curation-plan"
 TEMP_SUFFIX = ".tmp"
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to make. `id` is a pure function of (prompt index, seed): a rerun recognises finished work by it."""
-
-    id: str
-    index: int  # the prompt's index in the plan
-    prompt: str
-    category: str
-    seed: int
-    # mini scale: the prompt's GenEval record (what the exact renderer draws, and what a scorer checks)
-    metadata: dict | None = field(default=None, compare=False, hash=False)
-
-
-def item_id(index: int, seed: int) -> str:
-    return f"{index:06d}-{seed}"
 
 
 def load_categories(path: str | Path = CATEGORIES_FILE) -> dict[str, dict]:
@@ -89,7 +73,7 @@ class PromptSource:
     def __init__(self, config: CurateConfig):
         if config.scale == "mini":
             from ..data.shapes.prompts import TAGS, PromptSampler
-            from ..training.stages.instruct import tag_weights
+            from ..data.tag_weights import tag_weights
 
             scores = load_scores(config.scores) if config.scores else None
             self.weights = _weights(config.categories, tag_weights(scores), "tag")

@@ -12,9 +12,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 
-from .client import Outcome
-from .local import _png
-from .prompts import Item
+from .items import Item, Outcome, png_bytes
 
 SOURCE = "shapesworld-render"
 
@@ -47,4 +45,4 @@ class RenderBackend:
             except ValueError as err:  # a record the world cannot draw (unknown class or colour, impossible layout)
                 yield Outcome(item, reason="render_error", detail=str(err)[:200])
                 continue
-            yield Outcome(item, image=image, data=_png(image), seconds=time.monotonic() - begin)
+            yield Outcome(item, image=image, data=png_bytes(image), seconds=time.monotonic() - begin)

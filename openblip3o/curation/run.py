@@ -19,9 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .client import HttpBackend, Outcome
+from .client import HttpBackend
 from .config import CurateConfig
-from .prompts import Item, load_or_build_plan
+from .items import Item, Outcome
+from .prompts import load_or_build_plan
 from .writer import FailureLog, ShardWriter
 
 MANIFEST_NAME = "manifest.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import webdataset
 
-from .prompts import Item
+from .items import Item
 
 SHARD_PATTERN = "curated-{:06d}.tar"
 SHARD_RE = re.compile(r"^curated-(\d{6})\.tar$")

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import SamplingSettings
 from ..data.shapes import ShapesWorld, WorldConfig
+from ..data.shapes.rules import relative_position
 from ..data.shapes.text import CLEAR_RELATION, long_caption, place_phrase
 from ..data.shapes.world import COUNT_WORDS, PLACE_NAMES, RELATIONS, SHAPES, article, plural
 from .geneval.detector import DetectorConfig, detect
-from .geneval.rules import relative_position
 
 CSV_FILE = "dpg_bench.csv"
 PROMPTS_DIR = "prompts"
@@ -151,19 +152,17 @@ def read_prompts(directory: str | Path) -> dict[str, str]:
 
 # --- generation --------------------------------------------------------------------------------------------------
 def generate_dpg(pipe, prompts: dict[str, str], out_dir: str | Path, seed: int = 42, batch_size: int = 16,
-                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 decoder_num_inference_steps: int | None = None, decoder_guidance_scale: float | None = None,
-                 progress: bool = True) -> dict:
+                 sampling: SamplingSettings = SamplingSettings(), progress: bool = True) -> dict:
     """Write `<item_id>.png` (2x2 grid of 4 samples, sample j seeded seed + j) for every prompt; resumable."""
     from diffusers.utils import make_image_grid
     from tqdm import tqdm
 
-    from .geneval.generate import run_settings
+    from .geneval.generate import resolved_sampling, run_settings
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"benchmark": "dpg", **run_settings(pipe, seed, len(prompts), num_inference_steps, guidance_scale,
-                                                     decoder_num_inference_steps, decoder_guidance_scale), "n_samples": N_SAMPLES}
+    settings = {"benchmark": "dpg", **run_settings(pipe, seed, len(prompts), sampling),
+                "n_samples": N_SAMPLES}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [k for k in prompts if not (out / f"{k}.png").is_file()]
     per_batch = max(1, batch_size // N_SAMPLES)
@@ -171,9 +170,7 @@ def generate_dpg(pipe, prompts: dict[str, str], out_dir: str | Path, seed: int =
         keys = todo[first : first + per_batch]
         images = pipe([prompts[k] for k in keys for _ in range(N_SAMPLES)],
                       generator=[torch.Generator().manual_seed(seed + j) for _ in keys for j in range(N_SAMPLES)],
-                      num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-                      decoder_num_inference_steps=settings["decoder_num_inference_steps"],
-                      decoder_guidance_scale=settings["decoder_guidance_scale"], progress=False).images
+                      **resolved_sampling(settings), progress=False).images
         for n, key in enumerate(keys):
             grid = make_image_grid(images[n * N_SAMPLES : (n + 1) * N_SAMPLES], GRID_SIDE, GRID_SIDE)
             tmp = out / f".{key}.png.tmp"

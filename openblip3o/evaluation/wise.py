@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import SamplingSettings
+
 SETTINGS_FILE = "settings.json"
 JUDGEMENTS_FILE = "wise_judgements.jsonl"
 SUMMARY_FILE = "wise_summary.json"
@@ -100,26 +102,21 @@ def load_prompts(paths: list[str | Path] | str | Path) -> list[dict]:
 
 
 def generate_wise(pipe, records: list[dict], out_dir: str | Path, seed: int = 42, batch_size: int = 16,
-                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                  decoder_num_inference_steps: int | None = None, decoder_guidance_scale: float | None = None,
-                  progress: bool = True) -> dict:
+                  sampling: SamplingSettings = SamplingSettings(), progress: bool = True) -> dict:
     """One `{prompt_id}.png` per record (every image seeded `seed`); prompts already done are skipped."""
     from tqdm import tqdm
 
-    from .geneval.generate import run_settings
+    from .geneval.generate import resolved_sampling, run_settings
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"benchmark": "wise", **run_settings(pipe, seed, len(records), num_inference_steps, guidance_scale,
-                                                     decoder_num_inference_steps, decoder_guidance_scale)}
+    settings = {"benchmark": "wise", **run_settings(pipe, seed, len(records), sampling)}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [r for r in records if not (out / f"{r['prompt_id']}.png").is_file()]
     for first in tqdm(range(0, len(todo), batch_size), desc="wise", unit="batch", disable=not progress):
         chunk = todo[first : first + batch_size]
         images = pipe([r["Prompt"] for r in chunk], generator=[torch.Generator().manual_seed(seed) for _ in chunk],
-                      num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-                      decoder_num_inference_steps=settings["decoder_num_inference_steps"],
-                      decoder_guidance_scale=settings["decoder_guidance_scale"], progress=False).images
+                      **resolved_sampling(settings), progress=False).images
         for rec, image in zip(chunk, images):
             tmp = out / f".{rec['prompt_id']}.png.tmp"
             image.save(tmp, format="PNG")

@@ -17,15 +17,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import __version__
 from ..config import ModelConfig, from_dict
 from ..models.backbone import Backbone
 from ..models.decoder import DiffusionDecoder
-from ..models.encoders import build_target_encoder, load_target_encoder
+from ..models.encoders import load_target_encoder
 from ..models.generator import Generator
 from ..models.loading import CheckpointError, require_files
 from ..models.unified import BLIP3oModel, Generators
 from ..presets import PRESETS, get_preset
+from ..utils.images import to_pil
+from ..version import __version__
 
 INDEX_FILE = "model_index.json"
 COMPONENTS = ("backbone", "generator", "target_encoder", "decoder")
@@ -158,10 +159,9 @@ class BLIP3oPipeline:
     def _convert(images: torch.Tensor, output_type: str):
         if output_type == "pt":
             return images.cpu()
-        array = images.permute(0, 2, 3, 1).float().cpu().numpy()
         if output_type == "np":
-            return array
-        return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
+            return images.permute(0, 2, 3, 1).float().cpu().numpy()
+        return to_pil(images)
 
     # --- understanding ------------------------------------------------------------------------------------------
     @torch.no_grad()

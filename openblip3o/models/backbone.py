@@ -25,6 +25,7 @@ from transformers.utils import is_torchvision_available
 
 from ..config import BackboneConfig, ConfigError
 from .condition_norm import ConditionStandardizer
+from .errors import CheckpointError
 from .template import generation_inputs, language_inputs, understanding_inputs
 from .tokenizer import (
     GEN_QUERY,
@@ -52,8 +53,11 @@ MROPE_AXES = 3  # Qwen's multimodal rope splits the rotary half-dimension over (
 RESAMPLE = Image.Resampling.BICUBIC  # resizing understanding inputs to image_size
 
 
-class BackboneLoadError(RuntimeError):
-    """A saved backbone that cannot be loaded as is: a missing file, or missing / unexpected / mismatched weights."""
+class BackboneLoadError(CheckpointError, RuntimeError):
+    """A saved backbone that cannot be loaded as is: a missing file, or missing / unexpected / mismatched weights.
+
+    A `CheckpointError` like every other load failure, so the CLI reports it in one line; still a RuntimeError for
+    callers that caught it as one."""
 
 
 def image_processor_class():
@@ -135,7 +139,7 @@ def _check_mrope(config: Qwen2_5_VLConfig) -> None:
         raise ConfigError("backbone.vision.out_hidden_size must equal the text hidden size")
 
 
-def _init_new_rows(model: nn.Module, old_count: int, new_count: int) -> None:
+def init_new_rows(model: nn.Module, old_count: int, new_count: int) -> None:
     """Set embedding (and untied lm_head) rows [old_count, new_count) to the mean of rows [0, old_count)."""
     if new_count > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(new_count, mean_resizing=False)  # rows set just below
@@ -209,8 +213,8 @@ class Backbone(nn.Module):
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         old_count = len(tokenizer)
         if add_generation_tokens(tokenizer):
-            _init_new_rows(model, old_count, len(tokenizer))
-        return cls(cfg, model, tokenizer, _load_image_processor(path, model.config.vision_config, cfg.image_size))
+            init_new_rows(model, old_count, len(tokenizer))
+        return cls(cfg, model, tokenizer, load_image_processor(path, model.config.vision_config, cfg.image_size))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, cfg: BackboneConfig) -> "Backbone":
@@ -296,24 +300,36 @@ class Backbone(nn.Module):
     # ----------------------------------------------------------------------------------------------- generation path
     def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The DiT's condition for B prompts: (B, N, D) normalised, projected query states and the (B, N) mask."""
-        states, mask = self.query_states(prompts)
+        return self.condition_from_ids(*self.generation_ids(prompts))
+
+    def condition_from_ids(self, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`condition` on token ids already in the generation template (what `generation_ids` returns)."""
+        states, mask = self.query_states_from_ids(input_ids, attention_mask)
         return self.projector(self.condition_norm(states)), mask
 
+    def generation_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B prompts in THE generation template, left padded, queries last: (B, L) ids and mask on this device."""
+        batch = generation_inputs(self.tokenizer, prompts, self.num_queries, self.cfg.max_prompt_tokens)
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
     def query_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw final states at the query positions for B prompts: (B, N, hidden) and the (B, N) long mask (all ones).
+        """Raw final states at the query positions for B prompts: (B, N, hidden) and the (B, N) long mask (all ones)."""
+        return self.query_states_from_ids(*self.generation_ids(prompts))
+
+    def query_states_from_ids(self, input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders.
 
         Runs the base model only (`self.model.model`: no lm_head, no vocabulary logits). Position ids count only real
         tokens, so a left-padded row gets the positions it would have alone (transformers would otherwise number the
         padding too, since text-only inputs carry no `mm_token_type_ids` to derive Qwen's 3-D positions from).
         """
         n = self.num_queries
-        batch = generation_inputs(self.tokenizer, prompts, n, self.cfg.max_prompt_tokens)
-        input_ids = batch["input_ids"].to(self.device)
-        attention_mask = batch["attention_mask"].to(self.device)
         if not bool((input_ids[:, -n:] == token_id(self.tokenizer, GEN_QUERY)).all()):
             raise RuntimeError("generation_inputs must put the GEN_QUERY placeholders last")
         embeds = self.model.get_input_embeddings()(input_ids)  # (B, L, hidden)
-        queries = self.queries.to(embeds.dtype).expand(len(prompts), -1, -1)  # (B, N, hidden)
+        queries = self.queries.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)  # (B, N, hidden)
         embeds = torch.cat([embeds[:, :-n], queries], dim=1)  # the placeholders' rows become the queries
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L); padding is masked anyway
         out = self.model.model(
@@ -396,7 +412,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _load_image_processor(path: Path, vision_config, image_size: int):
+def load_image_processor(path: Path, vision_config, image_size: int):
     """The folder's saved image processor if it has one, else one built from the vision config."""
     if any((path / name).is_file() for name in IMAGE_PROCESSOR_FILES):
         from transformers import AutoImageProcessor

@@ -32,37 +32,6 @@ SPATIAL_UPSAMPLE_MODE = "nearest"  # each latent cell sees exactly the token of 
 SDXL_TIME_IDS = 6  # (original H, W), (crop top, left), (target H, W)
 DEFAULT_OBJECTIVE = ObjectiveConfig(name="flow_matching", prediction="sample", condition_dropout=0.1)
 
-# Recommended DecoderConfig at mini scale (64 px): a f=4 VAE (16x16x4 latents) and a 3.2M-parameter UNet at
-# 16/8/4 resolution. One AdamW step at batch 32 on 2 cores: 0.44 s (0.37 s with latents precomputed); wider UNets
-# measured 0.58 s (same, 2 layers per block), 0.64 s (48/96/192), 0.85 s (64/128/192), 1.31 s (64/128/192, 2 layers).
-# The VAE (0.68M) trains at 0.64 s per step. in_channels / out_channels / sample_size are derived in code.
-MINI_DEFAULTS = {
-    "unet": {
-        "block_out_channels": [32, 64, 128],
-        # cross-attention at 16x16 and 8x8; the 4x4 level and the mid block are cheap
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "layers_per_block": 1,
-        "attention_head_dim": 2,  # diffusers' name for the number of heads
-        "cross_attention_dim": 128,
-        "norm_num_groups": 16,
-    },
-    "vae": {
-        "block_out_channels": [16, 32, 64],
-        "down_block_types": ["DownEncoderBlock2D"] * 3,
-        "up_block_types": ["UpDecoderBlock2D"] * 3,
-        "layers_per_block": 1,
-        "latent_channels": 4,
-        "norm_num_groups": 16,
-    },
-    "image_size": 64,
-    "spatial_conditioning": True,
-    "spatial_channels": 16,
-    # The measured spatially conditioned decoder reached 0.94 position / colour with 25 Euler steps, no guidance.
-    "num_inference_steps": 25,
-    "guidance_scale": 1.0,
-}
-
 
 class ConditionProjector(nn.Module):
     """Tokens (B, N, D) -> cross-attention states (B, N, C), pooled states (B, C), spatial map (B, S, G, G).
@@ -181,16 +150,17 @@ class DiffusionDecoder(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, uncond_tokens: torch.Tensor | None = None, num_inference_steps: int = 50,
                guidance_scale: float = 3.0, generator: torch.Generator | list[torch.Generator] | None = None,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, **sampler_options) -> torch.Tensor:
         """tokens (B, G*G, D) -> images (B, 3, H, W) in [0, 1]. uncond None = zero tokens (the dropped condition of
         training); guidance 1.0 runs the conditional branch only. A list of generators gives each image its own
-        noise, so a batch decodes exactly as its images one at a time."""
+        noise, so a batch decodes exactly as its images one at a time. `sampler_options` go to
+        `FlowMatching.sample` (solver, guided_fraction, batched_guidance)."""
         shape = (tokens.shape[0], self.latent_channels, self.latent_size, self.latent_size)
         dtype = next(self.unet.parameters()).dtype
         noise = randn_tensor(shape, generator=generator, device=tokens.device, dtype=dtype)
         latents = self.objective.sample(self, noise, tokens.to(dtype), None,
                                         None if uncond_tokens is None else uncond_tokens.to(dtype), None,
-                                        num_inference_steps, guidance_scale, progress)
+                                        num_inference_steps, guidance_scale, progress, **sampler_options)
         return self.decode_latents(latents)
 
     def config_dict(self) -> dict:

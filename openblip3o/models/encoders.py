@@ -21,6 +21,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from ..config import TargetConfig
+from ..presets import MINI_TARGET_MODEL
 from .loading import CheckpointError, check_loading_info, load_state_strict, require_files
 from .principal import PrincipalComponents
 
@@ -35,22 +36,6 @@ LEGACY_CLIP_EOS_ID = 2  # CLIPTextModel pools by argmax(input_ids) when eos_toke
 EVA_CLIP_ARCH = "eva02_enormous_patch14_clip_224"  # timm's EVA-CLIP-E/14(-plus): 1792 wide, 64 deep, post-norm
 EVA_UNUSED_PREFIXES = ("norm.", "fc_norm.", "head.")  # final norm and CLIP projection head: not part of the target
 MODEL_SECTIONS = {"vision", "text", "projection_dim", "logit_scale_init_value", "vae", "eva"}
-
-# Recommended TargetConfig.model at mini scale. CLIP: 64 px, patch 8 -> an 8x8 grid (pooling is the identity);
-# width 192 x 4 layers, text 128 x 3: 2.5M parameters; one contrastive AdamW step at batch 128 took 1.0-1.2 s
-# on 2 cores (encoding 128 images 0.23 s).
-# `text.vocab_size` / `text.eos_token_id` come from the tokenizer (build_target_encoder's arguments).
-# "vae" is the kind-"vae" target: f = 8 at 64 px -> an 8x8x4 latent grid (0.98M; 0.49 s per step at batch 32).
-MINI_DEFAULTS = {
-    "vision": {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 6,
-               "patch_size": 8},
-    "text": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
-             "max_position_embeddings": 64},
-    "projection_dim": 128,
-    "vae": {"block_out_channels": [16, 32, 64, 64], "down_block_types": ["DownEncoderBlock2D"] * 4,
-            "up_block_types": ["UpDecoderBlock2D"] * 4, "layers_per_block": 1, "latent_channels": 4,
-            "norm_num_groups": 16},
-}
 
 
 def to_tensor(pil_images: Image.Image | list[Image.Image], size: int) -> torch.Tensor:
@@ -360,7 +345,7 @@ class VAETargetEncoder(TargetEncoder):
         elif vae is None:
             model = dict(cfg.model)
             _check_sections(model, {"vae"}, "a VAE target")
-            vae = AutoencoderKL(**model.get("vae", MINI_DEFAULTS["vae"]))
+            vae = AutoencoderKL(**model.get("vae", MINI_TARGET_MODEL["vae"]))
         super().__init__(cfg, vae.config.latent_channels, VAE_MEAN, VAE_STD)
         self.vae = vae
         factor = 2 ** (len(vae.config.block_out_channels) - 1)

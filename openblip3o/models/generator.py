@@ -7,16 +7,17 @@ on an 8x8 grid, cross-attention to the backbone's query states).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from diffusers import LuminaNextDiT2DModel
 from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
 from torch import nn
 
 from ..config import GeneratorConfig
 from .loading import check_loading_info, require_files
-
 
 PAD_TOKEN_STD = 0.02
 
@@ -66,6 +67,13 @@ class Generator(nn.Module):
         if self._rotary.device != device:
             self._rotary = self._rotary.to(device)
         return self._rotary
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each DiT block in the backward pass: activation memory traded for compute. diffusers'
+        LuminaNextDiT2DModel declares no gradient-checkpointing support, so each block's forward is wrapped in place
+        (the weights keep their names: saving and loading are unchanged)."""
+        for block in self.dit.layers:
+            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
                 cond_mask: torch.Tensor | None = None) -> torch.Tensor:

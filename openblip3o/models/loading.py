@@ -8,9 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that does not match the model it should load into."""
+from .errors import CheckpointError  # defined apart so the CLI can catch it without importing torch
 
 
 def require_files(directory: Path, names: list[str], component: str) -> None:

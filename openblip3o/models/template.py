@@ -14,22 +14,14 @@ Understanding: a user turn with one image and the question, then the assistant's
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from .instruction import GENERATION_INSTRUCTION
 from .tokenizer import GEN_QUERY, GEN_START, IM_END, PAD_TOKEN, token_id
 
-GENERATION_INSTRUCTION = "please generate image based on the following caption:"  # BLIP3-o's instruction
 IGNORE_INDEX = -100  # label value that `transformers` losses skip
 # Stands in for the user text while rendering the chat template once, to split it into prefix and suffix.
 _SENTINEL = "\u0000openblip3o-user-text\u0000"
-_WORD_OR_PUNCTUATION = re.compile(r"\w+|[^\w\s]")
-
-
-def template_words() -> list[str]:
-    """The words (and punctuation) the templates themselves add to captions, for the word-level tokenizer."""
-    return sorted(set(_WORD_OR_PUNCTUATION.findall(GENERATION_INSTRUCTION.lower())))
 
 
 def generation_text(caption: str) -> str:

@@ -12,6 +12,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ..data.shapes.text import vocabulary
+from .instruction import WORD_OR_PUNCTUATION, template_words
 
 # Qwen2.5-VL's special tokens, by name (the same strings as in Qwen's own tokenizer).
 PAD_TOKEN = "<|endoftext|>"  # Qwen pads with its end-of-text token
@@ -32,8 +33,6 @@ GENERATION_TOKENS = (GEN_START, GEN_QUERY)
 QWEN_SPECIAL_TOKENS = (PAD_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
 ROLE_WORDS = ("system", "user", "assistant")
 
-# Split words and each punctuation mark on its own: "circle?" -> "circle", "?"; "background:" -> "background", ":".
-_WORD_OR_PUNCTUATION = r"\w+|[^\w\s]"
 # The decoder joins words with spaces; these marks attach to the word before them ("circle ." -> "circle.").
 _ATTACHED_PUNCTUATION = (".", ",", "?", "!", ":", ";")
 
@@ -64,8 +63,6 @@ CHAT_TEMPLATE = (
 
 def shapes_words() -> list[str]:
     """Every ordinary word of the mini tokenizer, sorted: ShapesWorld's vocabulary, prompt words and role words."""
-    from .template import template_words  # imported here: template.py imports this module's names
-
     return sorted(set(vocabulary()) | set(template_words()) | set(ROLE_WORDS))
 
 
@@ -80,7 +77,7 @@ def build_shapes_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(_WORD_OR_PUNCTUATION), behavior="isolated")]
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_OR_PUNCTUATION), behavior="isolated")]
     )
     # WordPiece's decoder joins tokens with spaces; the Replace steps glue punctuation back to the word before it.
     core.decoder = decoders.Sequence(

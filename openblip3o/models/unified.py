@@ -10,7 +10,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, SamplingSettings
 from ..objectives import build_objective
 from .backbone import Backbone
 from .decoder import DiffusionDecoder, build_decoder
@@ -95,8 +95,8 @@ class BLIP3oModel(nn.Module):
         The backbone runs once for the batch: prompts and negative prompts together. Without negative prompts
         the unconditional branch is the zero condition, as trained.
         """
-        steps = num_inference_steps or self.config.sampling.num_inference_steps
-        guidance = self.config.sampling.guidance_scale if guidance_scale is None else guidance_scale
+        settings = SamplingSettings(num_inference_steps, guidance_scale).resolved(self.config)
+        steps, guidance = settings.num_inference_steps, settings.guidance_scale
         count = len(prompts)
         if negative_prompts is not None:
             cond_all, mask_all = self.backbone.condition(list(prompts) + list(negative_prompts))
@@ -128,11 +128,11 @@ class BLIP3oModel(nn.Module):
             return self.target_encoder.decode(tokens)
         if uncond_tokens is None:
             uncond_tokens = self.decoder_uncond(tokens.shape[0])
+        settings = SamplingSettings(decoder_num_inference_steps=num_inference_steps,
+                                    decoder_guidance_scale=guidance_scale).resolved(self.config)
         return self.decoder.decode(
-            tokens, uncond_tokens,
-            num_inference_steps=num_inference_steps or self.config.decoder.num_inference_steps,
-            guidance_scale=self.config.decoder.guidance_scale if guidance_scale is None else guidance_scale,
-            generator=generator, progress=progress,
+            tokens, uncond_tokens, num_inference_steps=settings.decoder_num_inference_steps,
+            guidance_scale=settings.decoder_guidance_scale, generator=generator, progress=progress,
         )
 
     @torch.no_grad()

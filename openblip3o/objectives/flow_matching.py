@@ -8,17 +8,20 @@ sigma * num_train_timesteps (BLIP3-o's convention). Sampling uses `diffusers`' F
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 from tqdm.auto import tqdm
 
 from ..config import ObjectiveConfig
 
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 MIN_SIGMA = 1e-4  # converting a sample prediction to a velocity divides by sigma
+SOLVERS = ("euler", "dpm")
+DPM_ORDER = 2  # DPMSolverMultistep's second-order update
 
 
 def drop_condition(cond: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -67,35 +70,55 @@ class FlowMatching:
         target = x0 if self.config.prediction == "sample" else noise - x0
         return F.mse_loss(out.float(), target.float())
 
-    def scheduler(self) -> FlowMatchEulerDiscreteScheduler:
-        # The shift is applied here too, so sampling walks the same sigmas training saw.
+    def scheduler(self, solver: str = "euler"):
+        """The sampling scheduler: diffusers' FlowMatchEuler (as trained), or DPMSolverMultistep on flow sigmas
+        (second order: fewer steps for the same quality). The shift is applied here too, so sampling walks the same
+        sigmas training saw."""
+        if solver not in SOLVERS:
+            raise ValueError(f"solver {solver!r} is not one of {', '.join(SOLVERS)}")
+        if solver == "dpm":
+            return DPMSolverMultistepScheduler(num_train_timesteps=self.config.num_train_timesteps, use_flow_sigmas=True,
+                                               prediction_type="flow_prediction", flow_shift=self.config.shift,
+                                               solver_order=DPM_ORDER)
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=self.config.num_train_timesteps, shift=self.config.shift)
 
     @torch.no_grad()
     def sample(self, network: Network, noise: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
                uncond: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
-               num_inference_steps: int = 30, guidance_scale: float = 3.0, progress: bool = False) -> torch.Tensor:
-        """Euler integration from noise (sigma 1) to a sample (sigma 0), with batched classifier-free guidance.
+               num_inference_steps: int = 30, guidance_scale: float = 3.0, progress: bool = False,
+               solver: str = "euler", guided_fraction: float = 1.0, batched_guidance: bool = True) -> torch.Tensor:
+        """Integration from noise (sigma 1) to a sample (sigma 0), with classifier-free guidance.
 
         noise: (B, C, H, W); cond / uncond: (B, L, D). `uncond` None means the zero condition (as trained).
-        Guidance 1.0 runs the conditional branch alone.
+        Guidance 1.0 runs the conditional branch alone. Speed options (the defaults are what the pipeline runs):
+        `solver` "dpm" for DPMSolverMultistep; guidance on the first `guided_fraction` of the steps only, the
+        conditional branch alone afterwards; `batched_guidance` False runs the two branches as two passes instead of
+        one batch of 2B (less memory).
         """
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-        scheduler = self.scheduler()
+        if not 0.0 <= guided_fraction <= 1.0:
+            raise ValueError(f"guided_fraction must be within [0, 1], got {guided_fraction}")
+        scheduler = self.scheduler(solver)
         scheduler.set_timesteps(num_inference_steps, device=noise.device)
-        guided = guidance_scale != 1.0
-        if guided:
+        guided_steps = math.ceil(guided_fraction * num_inference_steps) if guidance_scale != 1.0 else 0
+        if guided_steps:
             uncond = torch.zeros_like(cond) if uncond is None else uncond
+            uncond_mask = cond_mask if uncond_mask is None else uncond_mask
             both = torch.cat([cond, uncond])
-            masks = None if cond_mask is None else torch.cat([cond_mask, cond_mask if uncond_mask is None else uncond_mask])
+            masks = None if cond_mask is None else torch.cat([cond_mask, uncond_mask])
         x = noise
         for step, sigma in enumerate(tqdm(scheduler.sigmas[:-1], desc="sampling", disable=not progress, leave=False)):
             sigma_batch = sigma.expand(x.shape[0]).to(noise.device)
-            if guided:
+            if step < guided_steps and batched_guidance:
                 v_cond, v_uncond = self.velocity(network, torch.cat([x, x]), sigma_batch.repeat(2), both, masks).chunk(2)
+                v = v_uncond + guidance_scale * (v_cond - v_uncond)
+            elif step < guided_steps:
+                v_cond = self.velocity(network, x, sigma_batch, cond, cond_mask)
+                v_uncond = self.velocity(network, x, sigma_batch, uncond, uncond_mask)
                 v = v_uncond + guidance_scale * (v_cond - v_uncond)
             else:
                 v = self.velocity(network, x, sigma_batch, cond, cond_mask)
-            x = scheduler.step(v, scheduler.timesteps[step], x, return_dict=False)[0]
+            # Schedulers step in fp32; the sample keeps the noise's dtype (bf16 at full scale).
+            x = scheduler.step(v, scheduler.timesteps[step], x, return_dict=False)[0].to(noise.dtype)
         return x

@@ -29,6 +29,7 @@ class MSERegression:
     @torch.no_grad()
     def sample(self, network: Network, noise: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
                uncond=None, uncond_mask=None, num_inference_steps: int = 1, guidance_scale: float = 1.0,
-               progress: bool = False) -> torch.Tensor:
-        """One forward pass; the noise only fixes shape and dtype (regression is deterministic)."""
+               progress: bool = False, **flow_options) -> torch.Tensor:
+        """One forward pass; the noise only fixes shape and dtype (regression is deterministic). FlowMatching's
+        sampler options (`solver`, ...) are accepted and mean nothing here."""
         return self._predict(network, noise.shape, cond, cond_mask, noise.dtype)

@@ -31,7 +31,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .batcher import GenerationSettings, MicroBatcher
+from ..config import SamplingSettings
+from .batcher import MicroBatcher
 from .limits import Limits, RequestError, check_range, check_text, decode_image_url, parse_size
 from .schemas import ChatCompletionRequest, ImageGenerationRequest, parse_body
 
@@ -296,7 +297,7 @@ def create_app(pipe, model_id: str = "mini", *, api_key: str | None = None, limi
         for param, value in (("guidance_scale", body.guidance_scale),
                              ("decoder_guidance_scale", body.decoder_guidance_scale)):
             check_range(value, 0.0, limits.max_guidance, param)
-        settings = GenerationSettings(body.steps, body.guidance_scale, body.decoder_steps, body.decoder_guidance_scale)
+        settings = SamplingSettings(body.steps, body.guidance_scale, body.decoder_steps, body.decoder_guidance_scale)
         images = await run(batcher.generate(prompt, n, body.seed, settings), request)
         encoded = await run_in_threadpool(lambda: [_png_b64(image, side) for image in images])
         return {"created": int(time.time()), "data": [{"b64_json": b64} for b64 in encoded],

@@ -21,6 +21,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from ..config import SamplingSettings
 from .limits import Limits, RequestError
 
 SEED_BITS = 31  # seeds drawn for requests without one fit any signed 32-bit consumer
@@ -32,16 +33,6 @@ class QueueFull(RequestError):
     def __init__(self, limit: int):
         super().__init__(f"the server is busy: {limit} requests are already waiting; retry shortly", status=429,
                          code="queue_full", type="rate_limit_error")
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What must be equal for images to share one pipeline call (None = the model's default)."""
-
-    steps: int | None = None
-    guidance: float | None = None
-    decoder_steps: int | None = None
-    decoder_guidance: float | None = None
 
 
 class Abandoned(RuntimeError):
@@ -94,7 +85,7 @@ class MicroBatcher:
 
     # --- public API ------------------------------------------------------------------------------------------------
     def generate(self, prompt: str, n: int = 1, seed: int | None = None,
-                 settings: GenerationSettings = GenerationSettings()) -> Future:
+                 settings: SamplingSettings = SamplingSettings()) -> Future:
         """Queue `n` images of `prompt`; image k uses seed `seed + k` (random if None). Resolves to a list of PIL images."""
         base = random_seed() if seed is None else seed
         items = [(prompt, base + k) for k in range(n)]
@@ -248,12 +239,10 @@ class MicroBatcher:
     def _generate(self, batch: list[_Job]) -> list:
         import torch
 
-        settings: GenerationSettings = batch[0].key[1]
+        settings: SamplingSettings = batch[0].key[1]  # equal settings are what let these jobs share the call
         items = [item for job in batch for item in job.items]
         images = self.pipe(
-            prompt=[prompt for prompt, _ in items], num_images_per_prompt=1,
-            num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-            decoder_num_inference_steps=settings.decoder_steps, decoder_guidance_scale=settings.decoder_guidance,
+            prompt=[prompt for prompt, _ in items], num_images_per_prompt=1, **settings.as_kwargs(),
             generator=[torch.Generator().manual_seed(seed) for _, seed in items], output_type="pil", progress=False,
         ).images
         self._count(len(items), "images")

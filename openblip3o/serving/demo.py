@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-from .batcher import GenerationSettings, MicroBatcher
+from ..config import SamplingSettings
+from .batcher import MicroBatcher
 from .limits import Limits, RequestError, check_text
 
 # Gradio otherwise phones home for analytics and version checks; on a closed network that only adds timeouts.
@@ -42,7 +43,7 @@ def build_demo(batcher: MicroBatcher, model_id: str = "mini", *, decoder_steps: 
         except RequestError as err:
             raise gr.Error(err.message) from None
         seed = None if seed is None or int(seed) == RANDOM_SEED else abs(int(seed))
-        settings = GenerationSettings(int(steps), float(guidance), decoder_steps, None)
+        settings = SamplingSettings(int(steps), float(guidance), decoder_steps, None)
         images = _wait(lambda: batcher.generate(prompt, int(n), seed, settings))
         return [(image, f"{prompt} #{k + 1}") for k, image in enumerate(images)]
 

@@ -43,8 +43,11 @@ def to_pil(images) -> list[Image.Image]:
 def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, tile: int = 128) -> Image.Image:
     """One row per prompt (its `columns` images, scaled to `tile` px), the prompt written above its row.
 
-    images: len(prompts) * columns images, row by row. A user must see which prompt drew which row.
+    images: len(prompts) * columns images, row by row. A user must see which prompt drew which row, so each row is
+    diffusers' `make_image_grid` of its images under a band with the prompt.
     """
+    from diffusers.utils import make_image_grid
+
     if len(images) != len(prompts) * columns:
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {columns} columns")
     font = ImageFont.load_default()
@@ -52,11 +55,11 @@ def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, til
     width = max(columns * tile, 1)
     sheet = Image.new("RGB", (width, len(prompts) * (band + tile)), "white")
     draw = ImageDraw.Draw(sheet)
+    # Nearest-neighbour: small generated images stay sharp (make_image_grid's own resize would smooth them).
+    scaled = [image.convert("RGB").resize((tile, tile), Image.NEAREST) for image in images]
     for row, prompt in enumerate(prompts):
         top = row * (band + tile)
         label = textwrap.shorten(prompt, int(width * CHARS_PER_PIXEL), placeholder="...")
         draw.text((LABEL_PADDING, top + LABEL_PADDING), label, fill="black", font=font)
-        for column in range(columns):
-            image = images[row * columns + column].convert("RGB").resize((tile, tile), Image.NEAREST)
-            sheet.paste(image, (column * tile, top + band))
+        sheet.paste(make_image_grid(scaled[row * columns : (row + 1) * columns], 1, columns), (0, top + band))
     return sheet

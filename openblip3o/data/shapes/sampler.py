@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ...evaluation.geneval.rules import relation_offsets, relative_position
 from .prompts import TAGS, PromptSampler, validate_record
+from .rules import relation_offsets, relative_position
 from .scene import Scene, ShapeObject
 from .world import COLORS, SIZES, WorldConfig
 

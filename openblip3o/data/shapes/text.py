@@ -6,9 +6,9 @@ import random
 import re
 from collections import Counter
 
-from ...evaluation.geneval.rules import relative_position
+from .rules import relative_position
 from .scene import Scene, ShapeObject
-from .world import COLORS, COUNT_WORDS, PLACE_NAMES, RELATIONS, SHAPES, SIZES, article, plural, heldout_relation_forms
+from .world import COLORS, COUNT_WORDS, PLACE_NAMES, RELATIONS, SHAPES, SIZES, article, heldout_relation_forms, plural
 
 _PLACE_PHRASES = {
     "center": "in the center",

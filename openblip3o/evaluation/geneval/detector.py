@@ -14,8 +14,8 @@ from PIL import Image
 from scipy import ndimage
 
 from ...data.shapes.geometry import template_mask
+from ...data.shapes.rules import Detection
 from ...data.shapes.world import PALETTE, SHAPES
-from .rules import Detection
 
 _PALETTE_NAMES = list(PALETTE)
 _PALETTE_RGB = np.array([PALETTE[c] for c in _PALETTE_NAMES], dtype=np.float32)

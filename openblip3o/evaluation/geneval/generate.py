@@ -16,6 +16,7 @@ import torch
 from diffusers.utils import make_image_grid
 from tqdm import tqdm
 
+from ...config import SamplingSettings
 from .layout import prompt_dir, sample_path, write_prompt_metadata
 
 SETTINGS_FILE = "settings.json"
@@ -42,30 +43,28 @@ def _finished(out: Path, index: int, n_samples: int) -> bool:
     return all(sample_path(out, index, j).is_file() for j in range(n_samples))
 
 
-def run_settings(pipe, seed: int, prompts: int, num_inference_steps: int | None, guidance_scale: float | None,
-                 decoder_num_inference_steps: int | None, decoder_guidance_scale: float | None) -> dict:
+def run_settings(pipe, seed: int, prompts: int, sampling: SamplingSettings) -> dict:
     """What a benchmark run was made with (written beside its images): model, hash, seed, the sampling settings
     resolved against the model's defaults, image size, prompt count and the code's commit."""
     config = pipe.config
     return {
-        "model": config.name, "model_hash": model_hash(pipe), "seed": seed,
-        "num_inference_steps": num_inference_steps or config.sampling.num_inference_steps,
-        "guidance_scale": config.sampling.guidance_scale if guidance_scale is None else guidance_scale,
-        "decoder_num_inference_steps": decoder_num_inference_steps or config.decoder.num_inference_steps,
-        "decoder_guidance_scale": config.decoder.guidance_scale if decoder_guidance_scale is None else decoder_guidance_scale,
+        "model": config.name, "model_hash": model_hash(pipe), "seed": seed, **sampling.resolved(config).as_kwargs(),
         "image_size": config.decoder.image_size, "prompts": prompts, "commit": _commit(),
     }
 
 
+def resolved_sampling(settings: dict) -> dict:
+    """The pipeline keyword arguments of the sampling settings `run_settings` recorded."""
+    return {name: settings[name] for name in SamplingSettings().as_kwargs()}
+
+
 def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: int = 4, batch_size: int = 16,
-                    seed: int = 42, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                    decoder_num_inference_steps: int | None = None, decoder_guidance_scale: float | None = None,
-                    grid: bool = True, progress: bool = True) -> dict:
+                    seed: int = 42, sampling: SamplingSettings = SamplingSettings(), grid: bool = True,
+                    progress: bool = True) -> dict:
     """Write `n_samples` images per record; prompts already complete are skipped. Returns the settings."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {**run_settings(pipe, seed, len(records), num_inference_steps, guidance_scale,
-                               decoder_num_inference_steps, decoder_guidance_scale), "n_samples": n_samples}
+    settings = {**run_settings(pipe, seed, len(records), sampling), "n_samples": n_samples}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [(i, j) for i in range(len(records)) if not _finished(out, i, n_samples) for j in range(n_samples)]
     bar = tqdm(total=len(todo), desc="generating", unit="img", disable=not progress)
@@ -74,9 +73,7 @@ def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: i
         images = pipe(
             [records[i]["prompt"] for i, _ in chunk],
             generator=[torch.Generator().manual_seed(seed + j) for _, j in chunk],
-            num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-            decoder_num_inference_steps=settings["decoder_num_inference_steps"],
-            decoder_guidance_scale=settings["decoder_guidance_scale"], progress=False,
+            **resolved_sampling(settings), progress=False,
         ).images
         for (i, j), image in zip(chunk, images):
             if j == 0 or not (prompt_dir(out, i) / "metadata.jsonl").is_file():

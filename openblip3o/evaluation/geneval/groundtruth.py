@@ -11,10 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ...data.shapes.prompts import validate_record
 from ...data.shapes.render import render_scene
 from ...data.shapes.sampler import realise
 from ...data.shapes.world import WorldConfig
-from ...data.shapes.prompts import validate_record
 from .layout import MetadataError, sample_path, write_prompt_metadata
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ...data.shapes.prompts import TAGS, validate_record
+from ...data.shapes.rules import evaluate
 from .detector import DetectorConfig, detect
 from .layout import MetadataError, iter_layout
-from .rules import evaluate
 
 RESULTS_FILE = "results.jsonl"
 SUMMARY_FILE = "summary.json"

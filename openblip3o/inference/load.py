@@ -1,4 +1,4 @@
-"""Loading the pipeline every serving entry point shares (CLI, server, demo), and the id it is served under."""
+"""The one way every entry point loads a pipeline (CLI, server, demo, local curation), and the id it is served under."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL) -> LoadedModel:
     Warnings (e.g. "no trained weights shipped; random weights") are collected as one-line notes rather than printed
     with a source line, so every command can show them its own way. Missing folders raise `CheckpointError`.
     """
-    from ..inference.pipeline import BLIP3oPipeline
+    from .pipeline import BLIP3oPipeline
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

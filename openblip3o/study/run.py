@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import ModelConfig, merge
+from ..config import ModelConfig, SamplingSettings, merge
 from ..data.shapes import evaluation_set
 from ..data.shapes.prompts import TAGS
-from .geneval.layout import sample_path
-from .study_start import StartFrom
+from ..evaluation.geneval.layout import sample_path
+from .start import StartFrom
 
 # tag -> (model overrides, joint training)
 VARIANTS: dict[str, tuple[dict, bool]] = {
@@ -196,12 +196,12 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, model_base: ModelConfig | N
     """Train, generate and measure every variant; resumable (finished variants are read back). Returns the
     results, also written to `out_dir/study_results.json`. `model_base` replaces the preset's sizes and
     `train_config` the default training loops (both for tests)."""
+    from ..evaluation.geneval.generate import generate_layout
+    from ..evaluation.geneval.groundtruth import render_layout
+    from ..evaluation.geneval.score import score_folder
+    from ..evaluation.vqa import vqa_heldout
     from ..inference.pipeline import BLIP3oPipeline
     from ..presets import get_preset
-    from .geneval.generate import generate_layout
-    from .geneval.groundtruth import render_layout
-    from .geneval.score import score_folder
-    from .vqa import vqa_heldout
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,8 +250,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, model_base: ModelConfig | N
         pipe = BLIP3oPipeline.from_pretrained(work / "pipeline")
         vqa_after = vqa_heldout(pipe, num=cfg.vqa_scenes, seed=cfg.seed)
         generate_layout(pipe, records, work / "geneval", n_samples=cfg.n_samples, batch_size=cfg.batch_size,
-                        seed=cfg.seed, num_inference_steps=cfg.num_inference_steps,
-                        decoder_num_inference_steps=cfg.decoder_num_inference_steps, grid=False, progress=False)
+                        seed=cfg.seed, sampling=SamplingSettings(num_inference_steps=cfg.num_inference_steps,
+                        decoder_num_inference_steps=cfg.decoder_num_inference_steps), grid=False, progress=False)
         geneval = score_folder(work / "geneval", progress=False)
         samples = load_samples(work / "geneval", len(records), cfg.n_samples)
         variants[tag] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..data.shapes.prompts import TAGS
-from .geneval.layout import sample_path
+from ..evaluation.geneval.layout import sample_path
 
 SE_MULTIPLIER = 2.0  # a GenEval difference must exceed this many standard errors to count
 DIVERSITY_RATIO = 1.5  # flow matching "beats" MSE on diversity when its diversity is at least this much higher
