@@ -1,6 +1,6 @@
 """Data sources: shards written by `openblip3o data shapes` train exactly as ShapesWorld on the fly; a shard source
-gives the same examples for a position whatever was read before (what exact resume needs); user shards with other
-field names; config errors."""
+gives the same examples for a position whatever was read before, and a run on shards resumes exactly, decoding only
+what is left; user shards with other field names; config errors."""
 
 import io
 import json
@@ -8,13 +8,19 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from golden_losses import golden_config, stage_logs
 from openblip3o.config import ConfigError, merge
 from openblip3o.data.shard_writer import write_shapes_shards
+from openblip3o.data.shards import ShardReader
 from openblip3o.data.sources import FIT, MAIN, TEXT, DataSourceConfig, ShapesSource, ShardSource, build_source
+from openblip3o.models.encoders import to_tensor
+from openblip3o.training.config import LoopConfig
+from openblip3o.training.engine import train
 from openblip3o.training.run import run_training
+from openblip3o.training.stages.data import SourceState
 from tiny import tiny_config
 
 SEED = 5
@@ -128,3 +134,45 @@ def test_source_config_errors():
 
     with pytest.raises(ConfigError, match="unknown key data.generation.long"):
         merge(TrainConfig(), {"data": {"generation": {"long": "txt"}}})
+
+
+class CountObjects(SourceState):
+    """A toy task on a shard source: regress the object count from the mean colour (noise from the step's generator)."""
+
+    name = "count"
+
+    def __init__(self, source, crash_at: int = -1):
+        torch.manual_seed(0)
+        self.source, self.crash_at, self.net = source, crash_at, torch.nn.Linear(3, 1)
+
+    def modules(self):
+        return {"net": self.net}
+
+    def batch(self, start, size):
+        if start == self.crash_at:
+            raise KeyboardInterrupt("simulated kill")
+        examples = self.source.examples(start, size)
+        return (to_tensor([e.image for e in examples], 16).mean((2, 3)),
+                torch.tensor([float(len(e.scene.objects)) for e in examples]))
+
+    def loss(self, batch, generator):
+        x, y = batch
+        noise = 0.01 * torch.randn(len(y), generator=generator)
+        loss = torch.nn.functional.mse_loss(self.net(x).squeeze(-1) + noise, y)
+        return loss, {}
+
+
+def test_a_run_on_shards_resumes_to_the_same_losses_reading_only_what_is_left(shapes_shards, tmp_path, monkeypatch):
+    config = DataSourceConfig(kind="shards", shards=[str(shapes_shards)], shuffle_buffer=16)
+    loop = LoopConfig(steps=10, batch_size=32, warmup_steps=1, log_every=1, checkpoint_every=3)  # 320: past an epoch
+    train(CountObjects(ShardSource(config, SEED)), loop, tmp_path / "straight", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(CountObjects(ShardSource(config, SEED), crash_at=7 * 32), loop, tmp_path / "killed", progress=False)
+    decoded = []
+    original = ShardReader._decode
+    monkeypatch.setattr(ShardReader, "_decode", lambda self, raw: decoded.append(1) or original(self, raw))
+    train(CountObjects(ShardSource(config, SEED)), loop, tmp_path / "killed", progress=False)  # from step 6
+    assert len(decoded) == (10 - 6) * 32  # the checkpoint's reader state: nothing before step 6 decoded again
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+              for run in ("straight", "killed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 10

@@ -2,7 +2,8 @@
 
 A stage is a `Task`: the modules it trains, `batch(start, size)` (examples [start, start + size) — a pure
 function of the position, so a resumed run sees exactly the data it would have seen), and `loss(batch,
-generator)`. Randomness inside a step comes from a generator seeded by (seed, step, micro-batch, rank), so
+generator)`. A task that reads sequentially (shards) may add `data_state()` / `load_data_state(state)`: saved with
+each checkpoint, it lets a resumed run reach its position without reading everything before it. Randomness inside a step comes from a generator seeded by (seed, step, micro-batch, rank), so
 resuming from a checkpoint reproduces the uninterrupted run's losses exactly.
 """
 
@@ -115,6 +116,8 @@ def train(task: Task, loop: LoopConfig, out_dir: str | Path, resume: bool = True
             ema.optimization_step = saved["state"]["ema_step"]
         set_rng_state(saved["rng"])
         start, bad_steps = saved["state"]["step"], saved["state"]["bad_steps"]
+        if saved["state"].get("data") is not None and hasattr(task, "load_data_state"):
+            task.load_data_state(saved["state"]["data"])
         if accelerator.is_main_process:
             _truncate_log(log_path, start)
     if accelerator.is_main_process:
@@ -178,7 +181,8 @@ def train(task: Task, loop: LoopConfig, out_dir: str | Path, resume: bool = True
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 state = {"step": done, "bad_steps": bad_steps, "scheduler": scheduler.state_dict(),
-                         "ema_step": ema.optimization_step if ema is not None else 0, "task": task.name}
+                         "ema_step": ema.optimization_step if ema is not None else 0, "task": task.name,
+                         "data": task.data_state() if hasattr(task, "data_state") else None}
                 shadow = dict(zip(names, ema.shadow_params)) if ema is not None else None
                 save_checkpoint(out_dir / CHECKPOINTS, done, plain.trained.state_dict(), optimizer.optimizer.state_dict(),
                                 state, shadow, keep=loop.keep_checkpoints)

@@ -23,6 +23,7 @@ from ...models.decoder import DiffusionDecoder
 from ...models.encoders import CLIPTargetEncoder, to_tensor
 from ...models.tokenizer import PAD_TOKEN, token_id
 from ...models.unified import BLIP3oModel
+from .data import SourceState
 
 MAX_TEXT_TOKENS = 64  # the mini CLIP text tower's max_position_embeddings; long captions are <= ~50 words
 STATS_IMAGES = 256  # images of the first training positions that fit the VAE's scale and the features' statistics
@@ -62,7 +63,7 @@ def patch_targets(images: torch.Tensor, patch: int, grid: int, context: int = 0)
     return cells.transpose(1, 2)
 
 
-class VAETask:
+class VAETask(SourceState):
     """Sub-stage 1: the decoder's AutoencoderKL, `decoder.vae_loss`; `finish` freezes it and fits its scale."""
 
     name = "vae"
@@ -100,7 +101,7 @@ class PatchHead(nn.Module):
         return self.proj(tokens)
 
 
-class EncoderTask:
+class EncoderTask(SourceState):
     """Sub-stage 2: CLIP's contrastive loss on long captions + `pixel_weight` x MSE of a per-token pixel head.
 
     The head is not part of the encoder (never saved with it); `encode` is untouched."""
@@ -145,7 +146,7 @@ class EncoderTask:
         self.encoder.eval().requires_grad_(False)
 
 
-class DecoderTask:
+class DecoderTask(SourceState):
     """Sub-stage 3: the decoder's UNet and condition projector on the frozen encoder's raw tokens.
 
     Also fits the encoder's feature statistics (for the generator) on the first STATS_IMAGES training images."""
@@ -180,7 +181,7 @@ class DecoderTask:
         self.decoder.eval()
 
 
-class TargetVAETask:
+class TargetVAETask(SourceState):
     """The `vae` design-space variant: the target encoder's own AutoencoderKL, then its token statistics."""
 
     name = "vae"

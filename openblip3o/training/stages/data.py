@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from ...data.shapes.text import CAPTION_QUESTION
+from ...data.sources import DataSource
 from ...models.encoders import to_tensor
 
 CAPTION_STREAM = 7  # per-example choices use their own generator stream, apart from the scene's
@@ -35,3 +36,15 @@ def pick_question(example, rng: random.Random, caption_rate: float) -> tuple[str
 def image_batch(batch_examples, size: int):
     """(B, 3, size, size) floats in [0, 1]."""
     return to_tensor([e.image for e in batch_examples], size)
+
+
+class SourceState:
+    """The engine's resume hooks for a task reading `self.source` (see engine.py)."""
+
+    source: DataSource
+
+    def data_state(self) -> dict:
+        return self.source.state_dict()
+
+    def load_data_state(self, state: dict) -> None:
+        self.source.load_state_dict(state)

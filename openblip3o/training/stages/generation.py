@@ -11,7 +11,7 @@ import torch
 from ...data.sources import FIT, MAIN, STREAM_OFFSETS, DataSource, ShapesSource
 from ...models.condition_norm import ConditionStandardizer
 from ...models.unified import BLIP3oModel
-from .data import choice_rng, image_batch, pick_caption
+from .data import SourceState, choice_rng, image_batch, pick_caption
 
 PROMPT_RATE = 0.4
 # The condition norm's statistics (and the target's principal components) are fitted on this many examples of the
@@ -26,7 +26,7 @@ SAMPLE_PROMPTS = (
 )
 
 
-class GenerationTask:
+class GenerationTask(SourceState):
     name = "generation"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, short_rate: float = 0.1, prompt_rate: float = PROMPT_RATE,

@@ -18,6 +18,13 @@ class JointTask:
                                          source=generation_source)
         self.model, self.weight = model, generation_weight
 
+    def data_state(self) -> dict:
+        return {"understanding": self.understanding.data_state(), "generation": self.generation.data_state()}
+
+    def load_data_state(self, state: dict) -> None:
+        self.understanding.load_data_state(state["understanding"])
+        self.generation.load_data_state(state["generation"])
+
     def modules(self):
         return self.understanding.modules() | generator_modules(self.model)
 

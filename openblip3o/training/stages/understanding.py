@@ -11,14 +11,14 @@ from __future__ import annotations
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
-from .data import choice_rng, pick_caption, pick_question
+from .data import SourceState, choice_rng, pick_caption, pick_question
 from .vision_labels import VisionLabelHeads
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
 
 
-class UnderstandingTask:
+class UnderstandingTask(SourceState):
     name = "understanding"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, mix: UnderstandingMix | None = None,
