@@ -114,7 +114,14 @@ class EncoderTask(SourceState):
         self.patch = encoder.image_size // encoder.grid_size
         self.head = PatchHead(encoder.token_dim, self.patch, context)
         self.pixel_weight, self.contrastive_weight, self.context = pixel_weight, contrastive_weight, context
+        # The pixel head reads the tokens of the vision pass that `contrastive_loss` already runs (kept by a hook),
+        # so the tower runs once per step.
+        self._states: torch.Tensor | None = None
+        self._hook = encoder.model.vision_model.register_forward_hook(self._keep)
         encoder.train()
+
+    def _keep(self, module, args, output) -> None:
+        self._states = output.last_hidden_state
 
     def modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.encoder, "pixel_head": self.head}
@@ -128,13 +135,15 @@ class EncoderTask(SourceState):
         images = batch["images"]
         logs = {}
         total = torch.zeros((), device=images.device)
+        self._states = None
         if self.contrastive_weight:
             contrastive = self.encoder.contrastive_loss(images, batch["input_ids"], batch["attention_mask"])
             total = total + self.contrastive_weight * contrastive
             logs["contrastive"] = contrastive.item()
         if self.pixel_weight:
-            vision = self.encoder.model.vision_model(pixel_values=self.encoder.preprocess(images))
-            states = vision.last_hidden_state
+            if self._states is None:  # no contrastive pass this step
+                self.encoder.model.vision_model(pixel_values=self.encoder.preprocess(images))
+            states, self._states = self._states, None
             tokens = states[:, states.shape[1] - self.encoder.patch_grid ** 2:]  # = encoder.encode(images) at 8x8
             target = patch_targets(images, self.patch, self.encoder.grid_size, self.context)
             pixel = F.mse_loss(self.head(tokens), target)
@@ -143,6 +152,7 @@ class EncoderTask(SourceState):
         return total, logs
 
     def finish(self) -> None:
+        self._hook.remove()
         self.encoder.eval().requires_grad_(False)
 
 
