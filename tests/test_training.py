@@ -130,3 +130,15 @@ def test_instruct_from_a_curated_folder(model, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no .tar shards"):
         InstructTask(model, data=str(empty))
+
+
+def test_the_registry_gives_each_stage_its_parts(model):
+    from types import SimpleNamespace
+
+    from openblip3o.training.registry import STAGES, parts
+
+    assert parts("autoencoder", model) == ["vae", "encoder", "decoder"]
+    assert parts("autoencoder", SimpleNamespace(decoder=None)) == ["vae"]  # a VAE-kind target: its own VAE alone
+    assert parts("generation", model) == ["generation"]
+    assert {STAGES[name].loop for name in ("generation", "joint")} == {"generation"}
+    assert STAGES["generation"].sample is not None and STAGES["understanding"].sample is None

@@ -6,7 +6,7 @@
     loop                                           the name of its LoopConfig in `TrainConfig.loops`
     sample(task, ctx, step, out_dir)               optional: every `sample_every` steps of the loop
     finish(task, ctx, result, out_dir) -> dict     optional: after the loop; its dict joins the stage's summary
-A new stage is one more entry in STAGES.
+A new stage is one more entry in STAGES (and its name in `run.STAGES` to join the sequential recipe).
 """
 
 from __future__ import annotations
