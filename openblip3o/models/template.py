@@ -47,6 +47,20 @@ def understanding_messages(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 
 
+def check_user_text(tokenizer, texts: list[str]) -> None:
+    """Refuse user text that spells a control token (`<|im_end|>`, `<|gen_query|>`, `<|image_pad|>`...).
+
+    The tokenizer maps those strings to their special ids, so a caption or question containing one would close the
+    user turn early or plant a query / image placeholder where the template puts none.
+    """
+    controls = [t for t in getattr(tokenizer, "added_tokens_encoder", {}) if t]
+    for text in texts:
+        found = [t for t in controls if t in text]
+        if found:
+            raise ValueError(f"text contains the control token {found[0]!r}, which only the prompt template may use: "
+                             f"{text[:80]!r}")
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -97,6 +111,7 @@ def _generation_rows(tokenizer, prompts: list[str], max_length: int) -> list[lis
             f"max_length {max_length} leaves no room for the caption: the chat template alone takes "
             f"{len(prefix) + len(suffix)} tokens"
         )
+    check_user_text(tokenizer, prompts)
     tail = [token_id(tokenizer, GEN_START)]
     return [prefix + _encode(tokenizer, generation_text(p))[:budget] + suffix + tail for p in prompts]
 
@@ -128,6 +143,7 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 def understanding_prompts(tokenizer, questions: list[str]) -> list[str]:
     """Chat-templated question prompts ending with the assistant generation prompt (one image placeholder each)."""
+    check_user_text(tokenizer, questions)
     return [
         tokenizer.apply_chat_template(understanding_messages(q), tokenize=False, add_generation_prompt=True)
         for q in questions
