@@ -233,3 +233,15 @@ def test_lmms_adapter_answers_constructed_requests(tiny_dir):
 def test_vqa_heldout_command(tiny_dir):
     result = _json_line(runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--num", "3", "--json"]))
     assert set(result) == {"accuracy", "by_type", "questions"} and result["questions"] >= 9
+
+
+def test_vqa_command_scores_the_split_it_is_given(tiny_dir):
+    from openblip3o.data.shapes import ShapesWorld
+
+    expected = {split: sum(len(ShapesWorld(split, 0)[i].annotation["vqa"]) for i in range(4)) for split in ("eval", "heldout")}
+    for split, count in expected.items():
+        result = _json_line(runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--num", "4",
+                                                "--split", split, "--json"]))
+        assert result["questions"] == count
+    refused = runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--split", "train", "--json"])
+    assert refused.exit_code == 2 and "--split must be heldout or eval" in refused.output

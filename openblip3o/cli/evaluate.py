@@ -223,6 +223,8 @@ def vqa_heldout_command(
     num: int = typer.Option(500, "--num", help="Held-out scenes (each brings up to five questions)."),
     seed: int = typer.Option(0, "--seed", help="Held-out world seed."),
     batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
+    split: str = typer.Option("heldout", "--split", help="heldout (compositions never trained on) or eval (unseen "
+                              "scenes of seen compositions: whether the model does its job at all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions."),
 ):
     """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
@@ -230,7 +232,9 @@ def vqa_heldout_command(
 
     if num < 1:
         raise ValueError("--num must be at least 1")
-    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size)
+    if split not in ("heldout", "eval"):
+        raise ValueError(f"--split must be heldout or eval, got {split!r}")
+    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
     if as_json:
         typer.echo(json.dumps(result))
         return

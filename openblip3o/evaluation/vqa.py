@@ -25,11 +25,12 @@ def vqa_accuracy(predictions: list[str], answers: list[str], types: list[str] | 
     }
 
 
-def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64) -> dict:
-    """Answer every VQA pair of `num` held-out ShapesWorld scenes; exact-match accuracy by question type."""
+def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64, split: str = "heldout") -> dict:
+    """Answer every VQA pair of `num` ShapesWorld scenes of `split` ("heldout": compositions never trained on;
+    "eval": unseen scenes of seen compositions); exact-match accuracy by question type."""
     from ..data.shapes import ShapesWorld
 
-    world = ShapesWorld("heldout", seed)
+    world = ShapesWorld(split, seed)
     images, questions, answers, types = [], [], [], []
     for index in range(num):
         example = world[index]
