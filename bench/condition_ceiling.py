@@ -11,6 +11,8 @@ check at seeds 0 and 1 and prints the rule score and the share whose dominant dr
   layerK   the query states after language layer K (refitted standardisation)
   template the token embeddings of the whole generation template (instruction, prompt, GEN_START) and the 64 queries,
            each scaled to unit std: the bow oracle diluted as the real condition is, with no transformer
+  both     the template's token embeddings (as `template`, its own projection) followed by the shipped condition
+           (standardised final query states): the lever "keep the prompt's input embeddings beside the query states"
 Measured 2026-12-03 on runs/v4 (full-width target, 500 steps): bow 0.31 / 0.56, states 0.12 / 0.25, tokens 0.00 / 0.19,
 layer2 0.06 / 0.38. On the shipped model (32 principal components), 600 steps: template 0.375 / 0.875 (14 of 16
 dominant colours right): the instruction tokens and the 64 queries do not hide the words; the transformer's states do.
@@ -59,6 +61,18 @@ if mode == "template":
             e = torch.cat([e[:, :-n], (bb.queries / bb.queries.std()).expand(len(prompts), -1, -1)], 1)
         return proj(e), batch["attention_mask"].bool()
     bb.condition = condition
+if mode == "both":
+    from openblip3o.models.template import generation_inputs
+    shipped_condition = bb.condition
+    def condition(prompts):
+        n = bb.num_queries
+        batch = generation_inputs(tok, list(prompts), n, bb.cfg.max_prompt_tokens)
+        with torch.no_grad():
+            e = emb(batch["input_ids"][:, :-n]) * scale
+        states, state_mask = shipped_condition(list(prompts))
+        mask = torch.cat([batch["attention_mask"][:, :-n].bool(), state_mask.bool()], 1)
+        return torch.cat([proj(e), states], 1), mask
+    bb.condition = condition
 if mode != "bow": bb.projector.reset_parameters()
 if mode.startswith("layer"):
     layer = int(mode[5:])
@@ -95,6 +109,8 @@ if mode == "tokens":
 task = GenerationTask(m, 0, short_rate=0.0, prompt_rate=1.0)
 m.backbone.queries.requires_grad_(False)
 params = list(m.generator.parameters()) + (list(proj.parameters()) if mode in ("bow", "tokens", "template") else list(bb.projector.parameters()))
+if mode == "both":
+    params += list(proj.parameters())
 opt = torch.optim.AdamW(params, 1e-3)
 names = list(PALETTE); pal = np.array([PALETTE[n] for n in names], dtype=float)
 def dominant(im):
