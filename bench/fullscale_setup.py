@@ -16,7 +16,8 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from openblip3o.config import merge
-from openblip3o.models.backbone import Backbone, build_image_processor, qwen_config
+from openblip3o.models.backbone import Backbone
+from openblip3o.models.qwen_setup import build_image_processor, qwen_config
 from openblip3o.models.decoder import DiffusionDecoder
 from openblip3o.models.generator import Generator
 from openblip3o.models.inventory import target_token_dim

@@ -12,7 +12,8 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from openblip3o.config import BackboneConfig
 from openblip3o.data.shapes.examples import ShapesWorld
-from openblip3o.models.backbone import QUERIES_FILE, Backbone, BackboneLoadError, qwen_config
+from openblip3o.models.backbone import QUERIES_FILE, Backbone, BackboneLoadError
+from openblip3o.models.qwen_setup import qwen_config
 from openblip3o.models.template import (
     IGNORE_INDEX,
     generation_inputs,
@@ -191,6 +192,34 @@ def test_condition_shapes_and_no_lm_head(backbone):
     assert torch.isfinite(cond).all()
     identity = Backbone.from_config(make_cfg(projector="identity"))
     assert isinstance(identity.projector, torch.nn.Identity) and identity.condition_dim == identity.hidden_size
+
+
+def test_condition_embeddings_put_the_template_words_before_the_queries(tmp_path):
+    torch.manual_seed(0)
+    words = Backbone.from_config(make_cfg(condition_embeddings=True)).eval()
+    ids, id_mask = words.generation_ids(PROMPTS[:3])
+    with torch.no_grad():
+        cond, mask = words.condition(PROMPTS[:3])
+    assert cond.shape == (3, ids.shape[1], words.condition_dim) and torch.equal(mask, id_mask)
+    # The query part is the plain condition: the same projector over the same query states.
+    words.word_projector, keep = None, words.word_projector
+    with torch.no_grad():
+        assert torch.allclose(words.condition(PROMPTS[:3])[0], cond[:, -NUM_QUERIES:], atol=1e-6)
+    words.word_projector = keep
+    # One word apart: the word part differs at that word's position; a row is the same in a batch as alone.
+    with torch.no_grad():
+        red, blue = words.condition(["a photo of a red circle", "a photo of a blue circle"])[0]
+        alone = words.condition([PROMPTS[0]])
+    assert (red[:-NUM_QUERIES] - blue[:-NUM_QUERIES]).norm(dim=-1).gt(1e-3).sum() == 1
+    length = int(alone[1].sum())
+    assert torch.allclose(cond[0][mask[0].bool()], alone[0][0][-length:], atol=1e-5)
+    # Saved and loaded with its word projector; a checkpoint without it is refused, not silently half-loaded.
+    words.save_pretrained(tmp_path / "words")
+    loaded = Backbone.from_pretrained(tmp_path / "words", words.cfg).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.condition(PROMPTS[:3])[0], cond)
+    with pytest.raises(BackboneLoadError, match="word_projector"):
+        Backbone.from_pretrained(tmp_path / "words", make_cfg())
 
 
 def test_gradients_reach_queries(backbone):

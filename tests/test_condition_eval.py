@@ -32,6 +32,8 @@ NUM = 64
 class ConstantBackbone:
     """A condition that ignores the prompt."""
 
+    num_queries = QUERIES
+
     def __init__(self):
         self.value = torch.randn(QUERIES, WIDTH, generator=torch.Generator().manual_seed(0))
 
@@ -43,6 +45,7 @@ class WordBackbone:
     """A condition that is the sum of one fixed random (N, D) embedding per word (plurals read as their singular)."""
 
     singular = {plural(shape): shape for shape in SHAPES}
+    num_queries = QUERIES
 
     def embedding(self, word: str) -> torch.Tensor:
         seed = zlib.crc32(self.singular.get(word, word).encode())
@@ -143,3 +146,25 @@ def test_cli_on_the_shipped_model():
     assert all(value >= 0 for value in report["generator"].values())
     # Every probe prompt and every pair prompt goes through the backbone once: at least a probe's worth.
     assert report["prompts"] >= NUM
+
+
+class WordPrefixBackbone(ConstantBackbone):
+    """Prompt-blind query states after one embedding row per word, left-padded to the batch's longest prompt: the
+    shape `backbone.condition_embeddings` gives (B, L, D) with a mask."""
+
+    def condition(self, prompts):
+        rows = [torch.stack([WordBackbone().embedding(w)[0] for w in p.split()]) for p in prompts]
+        length = max(len(r) for r in rows)
+        cond = torch.stack([torch.cat([torch.zeros(length - len(r), WIDTH), r, self.value]) for r in rows])
+        mask = torch.stack([torch.cat([torch.zeros(length - len(r)), torch.ones(len(r) + QUERIES)]) for r in rows])
+        return cond, mask.long()
+
+
+def test_variable_length_condition_probes_read_the_queries_and_the_generator_reads_the_words():
+    report = condition_report(FakeModel(WordPrefixBackbone()), num=NUM, seed=0)
+    check_shape(report)
+    chance = chance_levels()
+    for kind in KINDS:  # the query part ignores the prompt
+        assert report["probe"][kind] <= chance[kind] + MARGIN, (kind, report)
+        assert report["pair_difference"][kind] == 0
+    assert report["generator"]["prompt_swap"] > 0.01, report  # the words before the queries reach the DiT

@@ -41,7 +41,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..config import ModelConfig
-from ..models.backbone import Backbone, init_new_rows, load_image_processor, qwen_config
+from ..models.backbone import Backbone
+from ..models.qwen_setup import init_new_rows, load_image_processor, qwen_config
 from ..models.decoder import DiffusionDecoder
 from ..models.encoders import build_target_encoder
 from ..models.generator import Generator
@@ -218,6 +219,8 @@ def convert_official(source: str | Path, out: str | Path, config: ModelConfig,
         raise CheckpointError("the official decoder takes the tokens by cross-attention only: set decoder.spatial_conditioning false")
     if config.backbone.projector != "identity":
         raise CheckpointError("the official model has no projector after the queries: set backbone.projector 'identity'")
+    if config.backbone.condition_embeddings:
+        raise CheckpointError("the official model conditions on the query states only: set backbone.condition_embeddings false")
     parts, skipped, unmapped = partition(read_official_state(source))
     gaps = [k for k in unmapped if any(k.startswith(p) for p in STRUCTURAL_GAPS)]
     problems = [f"{STRUCTURAL_GAPS[p]}: {_named(k for k in gaps if k.startswith(p))}" for p in STRUCTURAL_GAPS

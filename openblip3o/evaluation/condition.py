@@ -1,7 +1,10 @@
 """How much of the prompt the generator's condition carries: linear probes, pair differences, generator sensitivity.
 
-The condition is what the DiT cross-attends to: `model.backbone.condition(prompts)[0]`, (B, N, D) query states.
-Three views of it, for any pipeline (mini or full scale):
+The condition is what the DiT cross-attends to: `model.backbone.condition(prompts)`, (B, N, D) query states (with
+`backbone.condition_embeddings`, the template's token embeddings before them: (B, L, D) and a mask). Probes and pair
+differences read the last N positions, the query states: what the language model made of the prompt (the token
+embeddings carry the words by construction). The generator sees the whole condition. Three views, for any pipeline
+(mini or full scale):
 
 - probe: a linear probe reads one word's value (colour, shape, count, relation) from the flattened condition. It is
   fitted on one half of the prompts and scored on the other, disjoint half (and the other way round), so test prompts
@@ -129,16 +132,36 @@ def _eval_mode(module):
             module.train(was_training)
 
 
+Condition = tuple[torch.Tensor, torch.Tensor]  # one prompt's (L, D) condition and (L,) bool mask
+
+
 @torch.no_grad()
-def condition_states(pipe_or_model, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """The condition the DiT receives for each prompt: (P, N, D), float32, on the model's device."""
+def condition_states(pipe_or_model, prompts: list[str], batch_size: int = 64) -> list[Condition]:
+    """The condition the DiT receives for each prompt: P pairs of (L, D) float32 rows and (L,) bool masks, on the
+    model's device; L is N (queries only) or the prompt's own template length plus N."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model = _model(pipe_or_model)
+    rows: list[Condition] = []
     with _eval_mode(model):
-        chunks = [model.backbone.condition(list(prompts[i:i + batch_size]))[0].float()
-                  for i in range(0, len(prompts), batch_size)]
-    return torch.cat(chunks)
+        for i in range(0, len(prompts), batch_size):
+            cond, mask = model.backbone.condition(list(prompts[i:i + batch_size]))
+            mask = torch.as_tensor(mask, device=cond.device).bool()
+            rows += [(c[m].float(), m[m]) for c, m in zip(cond, mask)]  # padding dropped: each row its own length
+    return rows
+
+
+def stack_left(rows: list[Condition]) -> Condition:
+    """Rows of different lengths -> (B, L, D) and (B, L) bool, left-padded with zeros (masked), as the template pads."""
+    length = max(c.shape[0] for c, _ in rows)
+    cond = torch.stack([F.pad(c, (0, 0, length - c.shape[0], 0)) for c, _ in rows])
+    mask = torch.stack([F.pad(m, (length - m.shape[0], 0), value=False) for _, m in rows])
+    return cond, mask
+
+
+def query_part(row: Condition, num_queries: int) -> torch.Tensor:
+    """The last N positions of one prompt's condition, (N, D): the query states, the same size for every prompt."""
+    return row[0][-num_queries:]
 
 
 # --------------------------------------------------------------------------------------------- measures
@@ -184,7 +207,7 @@ def _relative(out: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generator_sensitivity(model, pairs: list[tuple[str, str]], seed: int = 0, sigmas: tuple[float, ...] = SIGMAS,
-                          batch_size: int = 32, states: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                          batch_size: int = 32, states: dict[str, Condition] | None = None) -> dict[str, float]:
     """How much the DiT's output moves with the prompt: {"prompt_swap", "zero_condition"}, means over pairs and sigmas.
 
     For each pair (a, b) and each sigma in `sigmas` (default 0.5, 0.7, 0.9, averaged) the DiT runs on one noise
@@ -192,7 +215,8 @@ def generator_sensitivity(model, pairs: list[tuple[str, str]], seed: int = 0, si
     branch as trained): prompt_swap = ||out_a - out_b|| / ||out_a||, zero_condition = ||out_a - out_zero|| / ||out_a||.
     x_t is unit noise scaled to the standard deviation x_t = (1 - sigma) x0 + sigma eps has for a unit-variance
     target. An objective without a timestep (MSE regression) runs once on its fixed input: zeros at timestep 0.
-    `states` maps prompts to (N, D) conditions already computed; missing ones go through the backbone.
+    `states` maps prompts to conditions already computed (`condition_states` rows); missing ones go through the
+    backbone.
     """
     model = _model(model)
     if not pairs:
@@ -210,17 +234,17 @@ def generator_sensitivity(model, pairs: list[tuple[str, str]], seed: int = 0, si
     with _eval_mode(model):
         for first in range(0, len(pairs), batch_size):
             chunk = pairs[first:first + batch_size]
-            cond_a = torch.stack([states[a] for a, _ in chunk])
-            cond_b = torch.stack([states[b] for _, b in chunk])
-            # The query mask is all ones by construction (queries sit after the left-padded prompt): None says so.
-            cond = torch.cat([cond_a, cond_b, torch.zeros_like(cond_a)]).to(dtype)
+            cond, mask = stack_left([states[a] for a, _ in chunk] + [states[b] for _, b in chunk])
+            cond_a, mask_a = cond[:len(chunk)], mask[:len(chunk)]
+            cond = torch.cat([cond, torch.zeros_like(cond_a)]).to(dtype)  # zeros: the dropped condition as trained
+            mask = torch.cat([mask, mask_a])
             noise = torch.randn((len(chunk), *model.token_shape), generator=noise_seed).to(cond.device, dtype)
             for sigma in sigmas if flow else (0.0,):
                 scale = ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
                 x_t = (noise * scale if flow else torch.zeros_like(noise)).repeat(3, *[1] * (noise.dim() - 1))
                 sigma_batch = torch.full((x_t.shape[0],), sigma, device=cond.device)  # fp32, as in training
                 timestep = objective.timestep(sigma_batch) if flow else torch.zeros_like(sigma_batch)
-                out_a, out_b, out_zero = model.generator(x_t, timestep, cond, None).float().chunk(3)
+                out_a, out_b, out_zero = model.generator(x_t, timestep, cond, mask).float().chunk(3)
                 swaps.append(_relative(out_a, out_b))
                 zeros.append(_relative(out_a, out_zero))
     return {"prompt_swap": float(torch.cat(swaps).mean()), "zero_condition": float(torch.cat(zeros).mean())}
@@ -260,10 +284,12 @@ def condition_report(pipe_or_model, num: int = 256, seed: int = 0, batch_size: i
     prompts = sorted({p for first, second in splits.values() for p, _ in first + second}
                      | {p for kind_pairs in pairs.values() for pair in kind_pairs for p in pair})
     states = dict(zip(prompts, condition_states(pipe_or_model, prompts, batch_size)))
+    num_queries = _model(pipe_or_model).backbone.num_queries
+    queries = {prompt: query_part(row, num_queries) for prompt, row in states.items()}
 
-    probe = {kind: _two_way_probe(states, first, second) for kind, (first, second) in splits.items()}
-    difference = {kind: pair_difference(torch.stack([states[a] for a, _ in kind_pairs]),
-                                        torch.stack([states[b] for _, b in kind_pairs]))
+    probe = {kind: _two_way_probe(queries, first, second) for kind, (first, second) in splits.items()}
+    difference = {kind: pair_difference(torch.stack([queries[a] for a, _ in kind_pairs]),
+                                        torch.stack([queries[b] for _, b in kind_pairs]))
                   for kind, kind_pairs in pairs.items()}
     generator = generator_sensitivity(pipe_or_model, generator_pairs, seed, batch_size=batch_size, states=states)
     return {"probe": probe, "pair_difference": difference, "generator": generator, "prompts": len(prompts)}

@@ -2,7 +2,8 @@
 
 Two paths share one model:
   generation     prompts -> `generation_inputs` (queries last) -> base model (no lm_head) -> final-norm states at the
-                 N query positions -> projector -> condition (B, N, D) for the DiT.
+                 N query positions -> projector -> condition (B, N, D) for the DiT (with `condition_embeddings`, the
+                 template's input token embeddings go first: (B, L, D), L = template length).
   understanding  images + questions -> `understanding_inputs` -> `generate` (greedy) -> answers; or a CE loss.
 """
 
@@ -15,26 +16,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import (
-    AutoTokenizer,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-)
-from transformers.utils import is_torchvision_available
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..config import BackboneConfig, ConfigError
 from .condition_norm import ConditionStandardizer
 from .errors import CheckpointError
+from .qwen_setup import BackboneProcessor, build_image_processor, init_new_rows, load_image_processor, qwen_config
 from .template import generation_inputs, language_inputs, understanding_inputs
 from .tokenizer import (
     GEN_QUERY,
     IM_END,
-    IMAGE_PAD,
     PAD_TOKEN,
-    VIDEO_PAD,
-    VISION_END,
-    VISION_START,
     add_generation_tokens,
     build_shapes_tokenizer,
     token_id,
@@ -44,12 +36,12 @@ QUERIES_FILE = "queries.safetensors"  # the learnable queries and the projector,
 QUERIES_KEY = "queries"
 PROJECTOR_PREFIX = "projector."
 CONDITION_NORM_PREFIX = "condition_norm."
+WORD_PROJECTOR_PREFIX = "word_projector."
+RMS_EPS = 1e-6  # unit-RMS scaling of the token embeddings in the condition
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file or sharded
 # What `save_pretrained` writes and `from_pretrained` requires (one of WEIGHTS_FILES as well).
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", QUERIES_FILE)
-IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # Qwen's own, or ours
 LOADING_INFO_KEYS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")  # from output_loading_info
-MROPE_AXES = 3  # Qwen's multimodal rope splits the rotary half-dimension over (time, height, width)
 RESAMPLE = Image.Resampling.BICUBIC  # resizing understanding inputs to image_size
 
 
@@ -58,98 +50,6 @@ class BackboneLoadError(CheckpointError, RuntimeError):
 
     A `CheckpointError` like every other load failure, so the CLI reports it in one line; still a RuntimeError for
     callers that caught it as one."""
-
-
-def image_processor_class():
-    """Qwen2-VL's image processor: the torchvision backend if installed, else the PIL one (no fallback warning)."""
-    import transformers
-
-    return transformers.Qwen2VLImageProcessor if is_torchvision_available() else transformers.Qwen2VLImageProcessorPil
-
-
-class BackboneProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without a video processor (Qwen2_5_VLProcessor insists on finding one otherwise)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    @classmethod
-    def get_attributes(cls):
-        return ["image_processor", "tokenizer"]
-
-
-def build_image_processor(vision_config, image_size: int):
-    """An image processor matching `vision_config` that turns any image into exactly image_size x image_size pixels."""
-    pixels = image_size * image_size  # min == max: every image becomes the same number of patches
-    return image_processor_class()(
-        patch_size=vision_config.patch_size,
-        merge_size=vision_config.spatial_merge_size,
-        temporal_patch_size=vision_config.temporal_patch_size,
-        size={"shortest_edge": pixels, "longest_edge": pixels},
-    )
-
-
-def _checked_override(section: dict, key: str, value, where: str) -> None:
-    """Set section[key] = value, refusing a different value the user wrote (it would silently be ignored)."""
-    if key in section and section[key] != value:
-        raise ConfigError(f"backbone.{where}.{key}: {section[key]!r} conflicts with {value!r}, derived from the model")
-    section[key] = value
-
-
-def qwen_config(cfg: BackboneConfig, tokenizer_or_vocab_size) -> Qwen2_5_VLConfig:
-    """A `Qwen2_5_VLConfig` from `cfg.text` / `cfg.vision`, with the vocabulary and special ids of the tokenizer.
-
-    Given a tokenizer, vocab size and every special token id are looked up by name; given an int (for parameter
-    counts on the meta device), only the vocab size is set. The vision tower's output width is the text width.
-    """
-    text, vision = dict(cfg.text), dict(cfg.vision)
-    top: dict = {}
-    if isinstance(tokenizer_or_vocab_size, int):
-        _checked_override(text, "vocab_size", tokenizer_or_vocab_size, "text")
-    else:
-        tok = tokenizer_or_vocab_size
-        _checked_override(text, "vocab_size", len(tok), "text")
-        for key, name in (("pad_token_id", PAD_TOKEN), ("bos_token_id", PAD_TOKEN), ("eos_token_id", IM_END)):
-            _checked_override(text, key, token_id(tok, name), "text")  # Qwen: bos = pad = <|endoftext|>
-        names = {"image_token_id": IMAGE_PAD, "video_token_id": VIDEO_PAD}
-        names |= {"vision_start_token_id": VISION_START, "vision_end_token_id": VISION_END}
-        top = {key: token_id(tok, name) for key, name in names.items()}
-    try:
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **top)
-    except (TypeError, ValueError) as error:  # huggingface_hub's strict dataclasses reject wrong types
-        raise ConfigError(f"backbone.text / backbone.vision: {error}") from error
-    # The merger projects vision tokens into the text stream: its width is the text width (Qwen's default is not).
-    _checked_override(vision, "out_hidden_size", config.text_config.hidden_size, "vision")
-    config.vision_config.out_hidden_size = config.text_config.hidden_size
-    _check_mrope(config)
-    return config
-
-
-def _check_mrope(config: Qwen2_5_VLConfig) -> None:
-    """mrope_section must cover the rotary half-dimension exactly, or Qwen fails deep inside its rotary embedding."""
-    text = config.text_config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    section = text.rope_parameters.get("mrope_section")
-    if section is None or len(section) != MROPE_AXES or sum(section) != head_dim // 2:
-        raise ConfigError(
-            f"backbone.text.rope_parameters.mrope_section: {section!r} must be {MROPE_AXES} numbers summing to "
-            f"head_dim / 2 = {head_dim // 2}"
-        )
-    if config.vision_config.out_hidden_size != text.hidden_size:
-        raise ConfigError("backbone.vision.out_hidden_size must equal the text hidden size")
-
-
-def init_new_rows(model: nn.Module, old_count: int, new_count: int) -> None:
-    """Set embedding (and untied lm_head) rows [old_count, new_count) to the mean of rows [0, old_count)."""
-    if new_count > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(new_count, mean_resizing=False)  # rows set just below
-    matrices = [model.get_input_embeddings().weight]
-    head = model.get_output_embeddings()
-    if head is not None and head.weight is not matrices[0]:
-        matrices.append(head.weight)
-    with torch.no_grad():
-        for weight in matrices:
-            weight[old_count:new_count] = weight[:old_count].mean(dim=0, keepdim=True)
 
 
 class Backbone(nn.Module):
@@ -161,6 +61,7 @@ class Backbone(nn.Module):
         processor: `BackboneProcessor` (image processor + tokenizer).
         queries: (1, N, hidden) parameter, standard-normal init (BLIP3-o).
         projector: Linear(hidden, hidden) or Identity, maps query states to the condition.
+        word_projector: Linear(hidden, D) for the template's token embeddings, or None (see `condition_embeddings`).
     """
 
     def __init__(self, cfg: BackboneConfig, model: Qwen2_5_VLForConditionalGeneration, tokenizer, image_processor):
@@ -182,6 +83,7 @@ class Backbone(nn.Module):
             queries *= cfg.query_init_scale * model.get_input_embeddings().weight.detach().float().std()
         self.queries = nn.Parameter(queries)
         self.projector = nn.Linear(hidden, hidden) if cfg.projector == "linear" else nn.Identity()
+        self.word_projector = nn.Linear(hidden, hidden) if cfg.condition_embeddings else None
         # Per (query, channel) statistics over training captions, fitted once (see condition_norm.py).
         self.condition_norm = (
             ConditionStandardizer(cfg.num_queries, hidden, cfg.condition_norm_momentum) if cfg.condition_norm == "standardize" else nn.Identity()
@@ -257,13 +159,18 @@ class Backbone(nn.Module):
             )
         with torch.no_grad():
             self.queries.copy_(found[QUERIES_KEY])
-            for prefix, module in ((PROJECTOR_PREFIX, self.projector), (CONDITION_NORM_PREFIX, self.condition_norm)):
+            for prefix, module in self._condition_modules():
                 module.load_state_dict({k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)})
+
+    def _condition_modules(self) -> list[tuple[str, nn.Module]]:
+        """(key prefix, module) of what `queries.safetensors` holds beside the queries."""
+        modules = [(PROJECTOR_PREFIX, self.projector), (CONDITION_NORM_PREFIX, self.condition_norm)]
+        return modules + ([(WORD_PROJECTOR_PREFIX, self.word_projector)] if self.word_projector is not None else [])
 
     def _queries_state(self) -> dict[str, torch.Tensor]:
         state = {QUERIES_KEY: self.queries}
-        state |= {PROJECTOR_PREFIX + k: v for k, v in self.projector.state_dict().items()}
-        state |= {CONDITION_NORM_PREFIX + k: v for k, v in self.condition_norm.state_dict().items()}
+        for prefix, module in self._condition_modules():
+            state |= {prefix + k: v for k, v in module.state_dict().items()}
         return state
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -304,9 +211,19 @@ class Backbone(nn.Module):
 
     def condition_from_ids(self, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`condition` on token ids already in the generation template (what `generation_ids` returns)."""
+        """`condition` on token ids already in the generation template (what `generation_ids` returns).
+
+        With `condition_embeddings` the template's token embeddings (unit RMS, `word_projector`) precede the query
+        part: (B, L, D) and the (B, L) mask, padding masked.
+        """
         states, mask = self.query_states_from_ids(input_ids, attention_mask)
-        return self.projector(self.condition_norm(states)), mask
+        condition = self.projector(self.condition_norm(states))  # (B, N, D)
+        if self.word_projector is None:
+            return condition, mask
+        words = self.model.get_input_embeddings()(input_ids[:, :-self.num_queries]).to(condition.dtype)
+        words = words * torch.rsqrt(words.pow(2).mean(-1, keepdim=True) + RMS_EPS)  # (B, L - N, hidden)
+        return (torch.cat([self.word_projector(words), condition], dim=1),
+                torch.cat([attention_mask[:, :-self.num_queries], mask], dim=1))
 
     def generation_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts in THE generation template, left padded, queries last: (B, L) ids and mask on this device."""
@@ -410,12 +327,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def load_image_processor(path: Path, vision_config, image_size: int):
-    """The folder's saved image processor if it has one, else one built from the vision config."""
-    if any((path / name).is_file() for name in IMAGE_PROCESSOR_FILES):
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    return build_image_processor(vision_config, image_size)

@@ -7,7 +7,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from ..config import ModelConfig
 from ..presets import EVA_CLIP_WIDTH
-from .backbone import qwen_config
+from .qwen_setup import qwen_config
 from .decoder import build_decoder
 from .encoders import build_target_encoder
 from .generator import Generator
@@ -45,6 +45,8 @@ def component_inventory(config: ModelConfig) -> dict:
         components["projector"] = (
             torch.nn.Linear(hidden, hidden) if config.backbone.projector == "linear" else torch.nn.Identity()
         )
+        if config.backbone.condition_embeddings:
+            components["word_projector"] = torch.nn.Linear(hidden, hidden)
         try:
             encoder = build_target_encoder(config.target, text_vocab_size=vocab, eos_token_id=eos)
             token_dim, latent_dim = encoder.token_dim, encoder.latent_dim

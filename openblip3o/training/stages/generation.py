@@ -82,9 +82,12 @@ class GenerationTask(SourceState):
 
 
 def generator_modules(model: BLIP3oModel) -> dict[str, torch.nn.Module]:
-    """What generation training optimises: the queries, the projector, the condition norm and the DiT."""
-    return {"queries": QueryHolder(model.backbone), "projector": model.backbone.projector,
-            "condition_norm": model.backbone.condition_norm, "generator": model.generator}
+    """What generation training optimises: the queries, the projector(s), the condition norm and the DiT."""
+    modules = {"queries": QueryHolder(model.backbone), "projector": model.backbone.projector,
+               "condition_norm": model.backbone.condition_norm, "generator": model.generator}
+    if model.backbone.word_projector is not None:
+        modules["word_projector"] = model.backbone.word_projector
+    return modules
 
 
 @torch.no_grad()
