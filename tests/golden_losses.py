@@ -1,8 +1,10 @@
 """Golden losses: every stage of `openblip3o train`, a tiny model, a fixed seed, a few steps each.
 
 The fixture `golden_losses.json` was recorded with the training code as it stood before the training-wiring refactor
-of issue 19 (commit it came with); `test_golden_losses.py` checks that the code of today reproduces it. Rewrite it
-only for a change that is meant to change results, and say so in the commit:
+of issue 19 (commit it came with), and rewritten when the mini preset turned on `backbone.condition_embeddings`
+(its word projector is drawn at init, so every later module's initial weights moved; with the option off the
+earlier fixture still reproduced exactly). `test_golden_losses.py` checks that the code of today reproduces it.
+Rewrite it only for a change that is meant to change results, and say so in the commit:
 
     OMP_NUM_THREADS=1 python tests/golden_losses.py --write
 """
@@ -56,11 +58,9 @@ def stage_logs(out: Path) -> dict[str, list[dict]]:
 
 def scorers():
     """Evaluation's scorers, which the caller hands to training (the instruct stage's probe weights its data)."""
-    from openblip3o.evaluation.condition import generator_sensitivity
-    from openblip3o.evaluation.geneval.detector import detect
-    from openblip3o.training.checks import Scorers
+    from openblip3o.evaluation.scorers import training_scorers
 
-    return Scorers(detect=detect, sensitivity=generator_sensitivity)
+    return training_scorers()
 
 
 def record(out: Path) -> dict[str, list[dict]]:

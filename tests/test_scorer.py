@@ -11,7 +11,7 @@ from PIL import Image
 
 from openblip3o.data.shapes import PromptSampler, ShapesWorld, realise, render_scene
 from openblip3o.data.shapes.rules import Detection, evaluate, relative_position
-from openblip3o.evaluation.geneval.detector import detect
+from openblip3o.evaluation.geneval.detector import detect, foreground_colour
 from openblip3o.evaluation.geneval.layout import MetadataError
 from openblip3o.evaluation.geneval.score import score_folder, summarize
 
@@ -55,6 +55,25 @@ def test_detector_reads_every_object_exactly():
         truth = sorted((o.shape, o.color, o.box) for o in example.scene.objects)
         assert sorted((d.shape, d.color, tuple(d.box)) for d in detections) == truth
         assert not blobs
+
+
+def test_foreground_colour_reads_one_colour_scenes_and_blurred_blobs():
+    from PIL import ImageFilter
+
+    world = ShapesWorld("train", seed=3)
+    checked = 0
+    for index in range(200):
+        example = world[index]
+        colours = {o.color for o in example.scene.objects}
+        if len(colours) != 1:
+            continue
+        (colour,) = colours
+        assert foreground_colour(example.image) == colour
+        # shapes dilated out of their outline (what the detector reports as blobs) still show their colour
+        assert foreground_colour(example.image.filter(ImageFilter.MaxFilter(7))) == colour
+        checked += 1
+    assert checked >= 20
+    assert foreground_colour(Image.new("RGB", (64, 64))) is None
 
 
 def test_detector_works_at_another_resolution():

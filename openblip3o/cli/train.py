@@ -32,10 +32,8 @@ def train(
 ):
     """Train the model: autoencoder, understanding, generation (frozen backbone), instruct."""
     from ..config import load_yaml_overrides, merge
-    from ..evaluation.condition import generator_sensitivity
-    from ..evaluation.geneval.detector import detect
+    from ..evaluation.scorers import training_scorers
     from ..presets import get_preset
-    from ..training.checks import Scorers
     from ..training.config import TrainConfig
     from ..training.run import STAGES, run_training
 
@@ -51,7 +49,7 @@ def train(
         raise ValueError("--steps-scale must be positive")
     stages = list(STAGES) if stage is Stage.all else [stage.value]
     # The prompt checks and the instruct probe score with evaluation's code, which training does not import.
-    scorers = Scorers(detect=detect, sensitivity=generator_sensitivity)
+    scorers = training_scorers()
     summary = run_training(settings, out, stages, resume=resume, steps_scale=steps_scale, log=typer.echo,
                            scorers=scorers)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -99,9 +99,7 @@ def _train(tag: str, model_config: ModelConfig, out: Path, scale: float, seed: i
     """Train one variant; `between(pipe_dir)` runs after understanding (sequential only). Returns stage minutes.
     `train_config` replaces the default loops (tests); its seed and joint flag are set here. `start(out)`, when
     given, writes the variant's starting pipeline and marks the stages it replaces done (see `StartFrom`)."""
-    from ..evaluation.condition import generator_sensitivity
-    from ..evaluation.geneval.detector import detect
-    from ..training.checks import Scorers
+    from ..evaluation.scorers import training_scorers
     from ..training.config import TrainConfig
     from ..training.run import run_training
 
@@ -110,7 +108,7 @@ def _train(tag: str, model_config: ModelConfig, out: Path, scale: float, seed: i
     joint = VARIANTS[tag][1]
     settings = dataclasses.replace(train_config or TrainConfig(), seed=seed, joint=joint)
     # the same prompt checks and instruct probe as `openblip3o train` (their scorers live in evaluation)
-    scorers = Scorers(detect=detect, sensitivity=generator_sensitivity)
+    scorers = training_scorers()
     quiet = dict(steps_scale=scale, progress=False, log=log, model_config=model_config, scorers=scorers)
     if joint:
         summary = run_training(settings, out, JOINT_STAGES, **quiet)

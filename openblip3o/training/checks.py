@@ -26,6 +26,8 @@ PROBE_STEPS = 10
 class Scorers:
     detect: Callable  # PIL image -> (detections, ...): ShapesWorld's detector (evaluation.geneval.detector.detect)
     sensitivity: Callable  # (model, pairs, seed=) -> {"prompt_swap", "zero_condition"} (evaluation.condition)
+    # PIL image -> the palette colour it is drawn in, or None (evaluation.geneval.detector.foreground_colour)
+    colour: Callable | None = None
 
     def score(self, record: dict, image) -> bool:
         """Whether `image` satisfies the GenEval `record`, by ShapesWorld's exact rule."""

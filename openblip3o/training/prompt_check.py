@@ -4,7 +4,9 @@ Every `sample_every` steps of generation training (and at its end) the stage mea
   - `prompt_swap` / `zero_condition`: how much the DiT's output moves when one word of the prompt changes, and
     when the condition is zeroed, from the same noise (`scorers.sensitivity`: evaluation.condition's);
   - `colour_accuracy`: colour prompts of seen colour-shape pairs drawn at one seed, decoded and scored by rule: a
-    prompt-blind model draws one image for all of them and scores about 1 / len(CHECK_COLOURS).
+    prompt-blind model draws one image for all of them and scores about 1 / len(CHECK_COLOURS);
+  - `drawn_colour_accuracy` (with `scorers.colour`): the share of those images drawn in the asked colour, whatever
+    their shape: colour words apart from shape fidelity.
 A run whose condition stays prompt-blind says so in its log and summary (`prompt_blind: true`) instead of finishing
 silently (the model shipped on 2026-12-02 had prompt_swap 0.0013 and drew one image per seed for every prompt).
 The scorers come from the caller (`checks.Scorers`): training imports nothing from evaluation.
@@ -64,15 +66,23 @@ def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None 
     model.eval()
     try:
         sensitivity = scorers.sensitivity(model, list(CHECK_PAIRS), seed=CHECK_SEED)
-        accuracy, _ = colour_accuracy(model, colour_records(), scorers)
+        records = colour_records()
+        accuracy, images = colour_accuracy(model, records, scorers)
     finally:
         model.train(was_training)
     row = {"step": step, **sensitivity, "colour_accuracy": accuracy,
            "prompt_blind": sensitivity["prompt_swap"] < PROMPT_BLIND_SWAP}
+    drawn = ""
+    if scorers.colour is not None:
+        from ..utils.images import to_pil
+
+        hits = [scorers.colour(im) == r["include"][0]["color"] for r, im in zip(records, to_pil(images))]
+        row["drawn_colour_accuracy"] = sum(hits) / len(hits)
+        drawn = f", drawn colour {row['drawn_colour_accuracy']:.2f}"
     if out_dir is not None:
         with (Path(out_dir) / CHECK_FILE).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
     verdict = "PROMPT-BLIND: the output does not depend on the prompt" if row["prompt_blind"] else "follows the prompt"
     log(f"prompt check at step {step}: prompt_swap {row['prompt_swap']:.4f}, zero_condition "
-        f"{row['zero_condition']:.4f}, colour accuracy {accuracy:.2f} ({verdict})")
+        f"{row['zero_condition']:.4f}, colour accuracy {accuracy:.2f} by rule{drawn} ({verdict})")
     return row

@@ -97,3 +97,15 @@ def detect(image: Image.Image | np.ndarray, config: DetectorConfig | None = None
             continue
         detections.append(Detection(shape=shape, color=color, box=box, confidence=confidence))
     return detections, blobs
+
+
+def foreground_colour(image: Image.Image | np.ndarray, config: DetectorConfig | None = None) -> str | None:
+    """The palette colour nearest the median foreground pixel of an RGB image (None: no foreground).
+
+    What colour an image is drawn in, whatever its shapes: a check of colour words that a blob still passes, where
+    `detect` needs a recognisable shape first."""
+    config = config or DetectorConfig()
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    difference = np.abs(pixels.astype(np.int16) - np.array(config.background, dtype=np.int16)).max(axis=2)
+    foreground = pixels[difference > config.foreground_threshold]
+    return _nearest_color(foreground)[0] if len(foreground) >= config.min_area else None
