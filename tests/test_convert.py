@@ -24,8 +24,9 @@ NOT_OFFICIAL = ("decoder.condition.", "target_encoder.")
 
 def official_config():
     # The official decoder cross-attends to the raw tokens: no spatial input, token width == cross-attention width.
-    # No projector between the query states and the DiT, as in BLIP3-o.
-    return merge(tiny_config(), {"decoder": {"spatial_conditioning": False}, "backbone": {"projector": "identity"}})
+    # No projector between the query states and the DiT, and nothing but them in the condition, as in BLIP3-o.
+    return merge(tiny_config(), {"decoder": {"spatial_conditioning": False},
+                                 "backbone": {"projector": "identity", "condition_embeddings": False}})
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,8 @@ def test_shape_mismatch_and_caption_projection_are_refused(source, tmp_path):
     assert "Linear-GELU-Linear" in message
     with pytest.raises(CheckpointError, match="projector"):
         convert_official(official, tmp_path / "out", merge(official_config(), {"backbone": {"projector": "linear"}}))
+    with pytest.raises(CheckpointError, match="condition_embeddings"):
+        convert_official(official, tmp_path / "out", merge(official_config(), {"backbone": {"condition_embeddings": True}}))
 
 
 def test_sharded_checkpoint_is_read(source, tmp_path):

@@ -32,7 +32,7 @@ def train(
 ):
     """Train the model: autoencoder, understanding, generation (frozen backbone), instruct."""
     from ..config import load_yaml_overrides, merge
-    from ..evaluation.scorers import training_scorers
+    from ..study.scorers import training_scorers
     from ..presets import get_preset
     from ..training.config import TrainConfig
     from ..training.run import STAGES, run_training

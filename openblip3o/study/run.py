@@ -99,7 +99,7 @@ def _train(tag: str, model_config: ModelConfig, out: Path, scale: float, seed: i
     """Train one variant; `between(pipe_dir)` runs after understanding (sequential only). Returns stage minutes.
     `train_config` replaces the default loops (tests); its seed and joint flag are set here. `start(out)`, when
     given, writes the variant's starting pipeline and marks the stages it replaces done (see `StartFrom`)."""
-    from ..evaluation.scorers import training_scorers
+    from .scorers import training_scorers
     from ..training.config import TrainConfig
     from ..training.run import run_training
 

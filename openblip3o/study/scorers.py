@@ -4,9 +4,9 @@ golden-loss test all hand `run_training` these same ones."""
 
 from __future__ import annotations
 
+from ..evaluation.condition import generator_sensitivity
+from ..evaluation.geneval.detector import detect, foreground_colour
 from ..training.checks import Scorers
-from .condition import generator_sensitivity
-from .geneval.detector import detect, foreground_colour
 
 
 def training_scorers() -> Scorers:
