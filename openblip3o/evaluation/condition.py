@@ -146,7 +146,7 @@ def condition_states(pipe_or_model, prompts: list[str], batch_size: int = 64) ->
     with _eval_mode(model):
         for i in range(0, len(prompts), batch_size):
             cond, mask = model.backbone.condition(list(prompts[i:i + batch_size]))
-            mask = torch.as_tensor(mask, device=cond.device).bool()
+            mask = mask.bool()
             rows += [(c[m].float(), m[m]) for c, m in zip(cond, mask)]  # padding dropped: each row its own length
     return rows
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..config import BackboneConfig, ConfigError
@@ -221,7 +222,7 @@ class Backbone(nn.Module):
         if self.word_projector is None:
             return condition, mask
         words = self.model.get_input_embeddings()(input_ids[:, :-self.num_queries]).to(condition.dtype)
-        words = words * torch.rsqrt(words.pow(2).mean(-1, keepdim=True) + RMS_EPS)  # (B, L - N, hidden)
+        words = F.rms_norm(words, words.shape[-1:], eps=RMS_EPS)  # (B, L - N, hidden), unit RMS per token
         return (torch.cat([self.word_projector(words), condition], dim=1),
                 torch.cat([attention_mask[:, :-self.num_queries], mask], dim=1))
 

@@ -69,14 +69,20 @@ def _classify(component: np.ndarray) -> tuple[str, float]:
     return best, best_iou
 
 
-def detect(image: Image.Image | np.ndarray, config: DetectorConfig | None = None) -> tuple[list[Detection], list[Blob]]:
-    """Detections (recognised shapes) and blobs (unrecognised components) of one RGB image."""
-    config = config or DetectorConfig()
+def _foreground(image: Image.Image | np.ndarray, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) RGB pixels and the (H, W) mask of those far from the background colour."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected an RGB image of shape (H, W, 3), got {pixels.shape}")
     difference = np.abs(pixels.astype(np.int16) - np.array(config.background, dtype=np.int16)).max(axis=2)
-    labels, _ = ndimage.label(difference > config.foreground_threshold, structure=_EIGHT_CONNECTED)
+    return pixels, difference > config.foreground_threshold
+
+
+def detect(image: Image.Image | np.ndarray, config: DetectorConfig | None = None) -> tuple[list[Detection], list[Blob]]:
+    """Detections (recognised shapes) and blobs (unrecognised components) of one RGB image."""
+    config = config or DetectorConfig()
+    pixels, foreground = _foreground(image, config)
+    labels, _ = ndimage.label(foreground, structure=_EIGHT_CONNECTED)
     detections, blobs = [], []
     for index, slices in enumerate(ndimage.find_objects(labels), start=1):
         if slices is None:
@@ -105,7 +111,6 @@ def foreground_colour(image: Image.Image | np.ndarray, config: DetectorConfig | 
     What colour an image is drawn in, whatever its shapes: a check of colour words that a blob still passes, where
     `detect` needs a recognisable shape first."""
     config = config or DetectorConfig()
-    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    difference = np.abs(pixels.astype(np.int16) - np.array(config.background, dtype=np.int16)).max(axis=2)
-    foreground = pixels[difference > config.foreground_threshold]
-    return _nearest_color(foreground)[0] if len(foreground) >= config.min_area else None
+    pixels, foreground = _foreground(image, config)
+    drawn = pixels[foreground]
+    return _nearest_color(drawn)[0] if len(drawn) >= config.min_area else None
