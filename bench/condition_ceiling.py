@@ -34,6 +34,7 @@ from openblip3o.training.stages.generation import GenerationTask
 
 path, steps, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 shift = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
+whiten = len(sys.argv) > 5 and sys.argv[5] == "whiten"
 pipe = BLIP3oPipeline.from_pretrained(path); m = pipe.model
 cfg = m.config; cfg.objective.shift = shift
 from openblip3o.objectives import build_objective
@@ -107,6 +108,13 @@ if mode == "tokens":
         return proj(h), am.bool()
     bb.condition = condition
 task = GenerationTask(m, 0, short_rate=0.0, prompt_rate=1.0)
+if whiten:  # each principal component scaled to unit variance (a spike of `target.whiten`)
+    pc = m.target_encoder.principal
+    with torch.no_grad():
+        coords = torch.cat([m.target_encoder.normalize(m.target_encoder.encode(task.rows(i * 64, 64)[0]))
+                            for i in range(8)]).reshape(-1, pc.components) * pc.scale
+    pc.scale = coords.std(0).clamp_min(1e-3)
+    print("component std:", [round(v, 3) for v in pc.scale.tolist()], flush=True)
 m.backbone.queries.requires_grad_(False)
 params = list(m.generator.parameters()) + (list(proj.parameters()) if mode in ("bow", "tokens", "template") else list(bb.projector.parameters()))
 if mode == "both":

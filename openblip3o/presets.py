@@ -208,7 +208,10 @@ def mini() -> ModelConfig:
                                 condition_embeddings=True),
         generator=GeneratorConfig(hidden_size=192, num_layers=6, num_attention_heads=6, num_kv_heads=6,
                                   cross_attention_gate_init=0.5),
-        objective=ObjectiveConfig(name="flow_matching", condition_dropout=0.1),
+        # Timestep shift 3 (training and sampling): more of the training at high noise, where the objects' outlines
+        # are decided. Measured, 1500 steps on the same frozen backbone and autoencoder: same-seed colour check by rule
+        # 15/24 vs 9/24 at shift 1, held-out mini GenEval 0.085 vs 0.060; per-component whitening did not help.
+        objective=ObjectiveConfig(name="flow_matching", shift=3.0, condition_dropout=0.1),
         # The DiT produces the top 32 principal components of the 192 standardised CLIP channels (98 % of their
         # variance; the decoder reconstructs 0.795 fully correct from them vs 0.815 from all 192): measured, its
         # prompt sensitivity grew over training (prompt_swap 0.08 at step 1500) where the full width's fell (0.05).

@@ -3,7 +3,8 @@
 The fixture `golden_losses.json` was recorded with the training code as it stood before the training-wiring refactor
 of issue 19 (commit it came with), and rewritten when the mini preset turned on `backbone.condition_embeddings`
 (its word projector is drawn at init, so every later module's initial weights moved; with the option off the
-earlier fixture still reproduced exactly). `test_golden_losses.py` checks that the code of today reproduces it.
+earlier fixture still reproduced exactly), and again when the mini preset's flow-matching shift became 3 (only the
+generation and instruct losses moved). `test_golden_losses.py` checks that the code of today reproduces it.
 Rewrite it only for a change that is meant to change results, and say so in the commit:
 
     OMP_NUM_THREADS=1 python tests/golden_losses.py --write
