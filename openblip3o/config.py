@@ -92,6 +92,8 @@ class TargetConfig:
     # before the decoder (0 = every channel, BLIP3-o). CLIP-kind targets only (kind "vae" ignores it: its latents are
     # already a few decorrelated channels, and the design-space switch stays one value). See models/principal.py.
     principal_components: int = 0
+    # Each principal component scaled to unit variance (models/principal.py); with principal_components only.
+    whiten_components: bool = False
 
 
 @dataclass

@@ -36,6 +36,24 @@ def test_fit_keeps_a_subspace_exactly_and_scales_to_unit_mean_square():
     assert (fewer.lift(fewer.project(tokens)) - tokens).abs().max() > 0.1
 
 
+def test_whitened_components_have_unit_variance_each_and_still_lift_back_exactly(tmp_path):
+    tokens = low_rank_tokens(rank=5)  # component stds 3 .. 1
+    plain, white = PrincipalComponents(24, 5), PrincipalComponents(24, 5, whiten=True)
+    plain.fit(tokens), white.fit(tokens)
+    spread = plain.project(tokens).reshape(-1, 5).std(0)
+    assert spread.max() / spread.min() > 2  # unwhitened: the first component dominates
+    torch.testing.assert_close(white.project(tokens).reshape(-1, 5).std(0), torch.ones(5), atol=1e-2, rtol=0)
+    torch.testing.assert_close(white.lift(white.project(tokens)), tokens, atol=1e-4, rtol=1e-4)
+    assert not white.needs_fit and bool(white.whitened)
+    # A module fitted without whitening needs a refit once whitening is asked for (and the reverse).
+    reconfigured = PrincipalComponents(24, 5, whiten=True)
+    reconfigured.load_state_dict(plain.state_dict())
+    assert reconfigured.needs_fit
+    unwhitened = PrincipalComponents(24, 5)
+    unwhitened.load_state_dict(white.state_dict())
+    assert unwhitened.needs_fit
+
+
 def test_unfitted_components_keep_the_first_channels_and_bad_sizes_are_clear():
     pca = PrincipalComponents(8, 4)  # an untrained model still runs: the first K channels, unscaled
     tokens = torch.randn(1, 2, 8)

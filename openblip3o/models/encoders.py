@@ -95,7 +95,7 @@ class TargetEncoder(nn.Module):
         self.register_buffer("feature_std", torch.ones(token_dim))
         # Optionally the generator works on the standardised features' top principal components (models/principal.py).
         # CLIP-kind features only: VAE latents are already a few decorrelated channels.
-        self.principal = (PrincipalComponents(token_dim, cfg.principal_components)
+        self.principal = (PrincipalComponents(token_dim, cfg.principal_components, cfg.whiten_components)
                           if cfg.principal_components and cfg.kind == "clip" else None)
 
     @property
@@ -155,7 +155,7 @@ class TargetEncoder(nn.Module):
 
     @property
     def needs_principal_fit(self) -> bool:
-        return self.principal is not None and not bool(self.principal.fitted)
+        return self.principal is not None and self.principal.needs_fit
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
