@@ -111,13 +111,13 @@ if mode == "tokens":
         return proj(h), am.bool()
     bb.condition = condition
 task = GenerationTask(m, 0, short_rate=0.0, prompt_rate=1.0)
-if whiten:  # each principal component scaled to unit variance (a spike of `target.whiten`)
-    pc = m.target_encoder.principal
+if whiten:  # `target.whiten_components`: each principal component refitted to unit variance
+    encoder = m.target_encoder
+    encoder.principal.whiten = True
     with torch.no_grad():
-        coords = torch.cat([m.target_encoder.normalize(m.target_encoder.encode(task.rows(i * 64, 64)[0]))
-                            for i in range(8)]).reshape(-1, pc.components) * pc.scale
-    pc.scale = coords.std(0).clamp_min(1e-3)
-    print("component std:", [round(v, 3) for v in pc.scale.tolist()], flush=True)
+        encoder.fit_principal_components(torch.cat([encoder.encode(task.rows(i * 64, 64)[0]) for i in range(8)]))
+    print("component std:", [round(v, 3) for v in (encoder.principal.scale * encoder.principal.component_scale).tolist()],
+          flush=True)
 m.backbone.queries.requires_grad_(False)
 params = list(m.generator.parameters()) + (list(proj.parameters()) if mode in ("bow", "tokens", "template") else list(bb.projector.parameters()))
 if mode == "both":

@@ -81,7 +81,7 @@ def test_draws_the_colour_its_prompt_names_at_one_seed(shipped):
 
 
 # The shipped model draws the asked colour (test above) but every shape as a blob, so the rule scorer, which needs the
-# outline, fails both checks below (colour check 9/24 by rule; README, "The shipped default"): the targets,
+# outline, fails both checks below (colour check 15/24 by rule; README, "The shipped default"): the targets,
 # kept as strict expected failures so the day they pass, CI says so.
 NOT_YET = pytest.mark.xfail(strict=True, reason="the shipped generator follows colour and count words, but draws blobs, not shapes")
 
