@@ -3,8 +3,9 @@
 The fixture `golden_losses.json` was recorded with the training code as it stood before the training-wiring refactor
 of issue 19 (commit it came with), and rewritten when the mini preset turned on `backbone.condition_embeddings`
 (its word projector is drawn at init, so every later module's initial weights moved; with the option off the
-earlier fixture still reproduced exactly), and again when the mini preset's flow-matching shift became 3 (only the
-generation and instruct losses moved). `test_golden_losses.py` checks that the code of today reproduces it.
+earlier fixture still reproduced exactly), again when the mini preset's flow-matching shift became 3 (only the
+generation and instruct losses moved), and again when the recipe's encoder learned per-token labels
+(`encoder_label_weight`: the encoder's losses and, since its heads are drawn at init, every later stage's). `test_golden_losses.py` checks that the code of today reproduces it.
 Rewrite it only for a change that is meant to change results, and say so in the commit:
 
     OMP_NUM_THREADS=1 python tests/golden_losses.py --write
@@ -35,6 +36,7 @@ LOOP_NAMES = ("vae", "encoder", "decoder", "understanding", "generation", "instr
 TIMING_KEYS = frozenset({"steps_per_s", "samples_per_s", "data_share", "step_seconds"})
 # The training mix of the shipped recipe (configs/train-mini.yaml), so every loss term runs.
 UNDERSTANDING = {"caption_rate": 0.1, "text_rows": 0.5, "vision_label_weight": 1.0}
+ENCODER_LABEL_WEIGHT = 5.0
 
 
 def golden_config(**overrides) -> TrainConfig:
@@ -43,7 +45,8 @@ def golden_config(**overrides) -> TrainConfig:
     config = TrainConfig(seed=SEED)
     loops = {name: {**loop.__dict__, "lr": getattr(config.loops, name).lr,
                     "ema_decay": getattr(config.loops, name).ema_decay} for name in LOOP_NAMES}
-    return merge(config, {"loops": loops, "understanding": UNDERSTANDING, **overrides})
+    return merge(config, {"loops": loops, "understanding": UNDERSTANDING, "encoder_label_weight": ENCODER_LABEL_WEIGHT,
+                          **overrides})
 
 
 def stage_logs(out: Path) -> dict[str, list[dict]]:

@@ -55,3 +55,41 @@ def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
     model.backbone.answer([render_scene(task.source.examples(0, 1)[0].scene)],
                           ["what shape is it?"])
     assert task.vision_labels._tokens is None
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_encoder_stage_trains_the_target_tokens_on_token_labels(weight):
+    """The CLIP target encoder's tokens (the DiT's target) learn to name the shape and colour under them."""
+    from openblip3o.data.sources import ShapesSource
+    from openblip3o.training.stages.autoencoder import EncoderTask
+
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+    task = EncoderTask(model.target_encoder, model.backbone.tokenizer, ShapesSource("train", 0), label_weight=weight)
+    batch = task.batch(0, 8)
+    if weight == 0:
+        assert "labels" not in batch and "label_heads" not in task.modules()
+        assert "labels" not in task.loss(batch, None)[1]
+        return
+    grid = model.target_encoder.patch_grid
+    assert batch["labels"]["shape"].shape == (8, grid * grid) and batch["labels"]["shape"].max() > 0
+    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, 3e-3)
+    first = None
+    for _ in range(15):  # the same batch: the encoder and heads must fit its labels
+        loss, logs = task.loss(batch, None)
+        first = logs["labels"] if first is None else first
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert logs["labels"] < 0.7 * first and logs["shape_token_acc"] > 0.5
+    task.finish()
+
+
+def test_token_labels_need_shapesworld_objects():
+    from openblip3o.training.stages.vision_labels import scenes_of
+
+    example = ShapesWorld("train", 0)[0]
+    assert scenes_of([example], "x") == [example.scene]
+    with pytest.raises(ValueError, match="encoder_label_weight"):
+        scenes_of([type(example)(key="k", image=example.image, scene=None, annotation={})], "encoder_label_weight")

@@ -270,3 +270,21 @@ def condition(
     typer.echo(f"generator  prompt swap {generator['prompt_swap']:.4f}   "
                f"zero condition {generator['zero_condition']:.4f}")
     typer.echo(f"({report['prompts']} prompts through the backbone)")
+
+
+@app.command()
+@user_errors
+def target(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(1000, "--num", help="ShapesWorld training scenes whose object tokens are measured."),
+    raw: bool = typer.Option(False, "--raw", help="The encoder's raw tokens instead of the DiT's (normalised) target."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: {shape|color: {between_share, fisher}}."),
+):
+    """Does the DiT's target carry shape? Per-token class separability of the target encoder's object tokens."""
+    from ..evaluation.target_probe import format_separability, target_separability
+
+    if num < 1:
+        raise ValueError("--num must be at least 1")
+    encoder = _pipeline(model).model.target_encoder
+    result = target_separability(encoder, num=num, target_space=not raw)
+    typer.echo(json.dumps(result) if as_json else format_separability(result))

@@ -12,7 +12,7 @@ from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
 from .data import SourceState, choice_rng, pick_caption, pick_question
-from .vision_labels import VisionLabelHeads
+from .vision_labels import VisionLabelHeads, scenes_of
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
@@ -58,16 +58,9 @@ class UnderstandingTask(SourceState):
                          self.mix.text_prompt_rate)
             for i, e in enumerate(self.source.examples(text_first, count, TEXT))
         ] if count else []
-        labels = self.vision_labels.labels(self._scenes(chosen)) if self.vision_labels is not None else None
+        labels = (self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
+                  if self.vision_labels is not None else None)
         return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels
-
-    @staticmethod
-    def _scenes(chosen) -> list:
-        missing = [e.key for e in chosen if e.scene is None]
-        if missing:
-            raise ValueError(f"understanding.vision_label_weight needs each example's ShapesWorld objects (its json "
-                             f"'objects'); example {missing[0]} has none: set it to 0 for other data")
-        return [e.scene for e in chosen]
 
     def loss(self, batch, generator):
         images, questions, answers, texts, labels = batch

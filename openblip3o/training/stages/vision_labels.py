@@ -20,37 +20,36 @@ from ...data.shapes.render import token_labels
 LABEL_KINDS = {"shape": len(SHAPES) + 1, "color": len(COLORS) + 1}  # class 0 = background
 
 
-class VisionLabelHeads(nn.Module):
-    """Linear heads on the vision tower's merged tokens, fed by a forward hook on the tower.
+def scenes_of(examples, setting: str) -> list:
+    """The ShapesWorld scenes of `examples`; a clear error naming `setting` when one has none (other data)."""
+    missing = [e.key for e in examples if e.scene is None]
+    if missing:
+        raise ValueError(f"{setting} needs each example's ShapesWorld objects (its json 'objects'); example "
+                         f"{missing[0]} has none: set it to 0 for other data")
+    return [e.scene for e in examples]
 
-    The hook keeps the tower's last output (B * G * G, D), so the VQA forward pass that already runs the tower
-    is all the compute the labels need.
-    """
 
-    def __init__(self, visual: nn.Module, token_dim: int, grid_size: int):
+class TokenLabelHeads(nn.Module):
+    """Training-only linear heads that name, for every token of a G x G grid, the shape and colour under it."""
+
+    def __init__(self, token_dim: int, grid_size: int):
         super().__init__()
         self.grid_size = grid_size
         self.heads = nn.ModuleDict({kind: nn.Linear(token_dim, classes) for kind, classes in LABEL_KINDS.items()})
-        self._tokens: torch.Tensor | None = None
-        self._hook = visual.register_forward_hook(self._keep)
-
-    def _keep(self, module, args, output) -> None:
-        self._tokens = output.pooler_output  # (B * G * G, D), row-major per image (transformers' merger order)
 
     def labels(self, scenes) -> dict[str, torch.Tensor]:
         """Per-token classes of B scenes: {kind: (B, G * G) long}."""
         per_scene = [token_labels(scene, self.grid_size) for scene in scenes]
         return {kind: torch.from_numpy(np.stack([p[kind] for p in per_scene])) for kind in LABEL_KINDS}
 
-    def loss(self, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean cross-entropy over kinds of the tokens kept from the last tower pass; and per-kind accuracy."""
-        if self._tokens is None:
-            raise RuntimeError("the vision tower has not run since the last loss")
-        tokens, self._tokens = self._tokens, None
+    def token_loss(self, tokens: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """tokens (B * G * G, D) or (B, G * G, D), row-major per image -> mean cross-entropy over kinds, and
+        per-kind accuracy."""
+        tokens = tokens.reshape(-1, tokens.shape[-1])
         batch = next(iter(labels.values())).shape[0]
         expected = batch * self.grid_size**2
         if tokens.shape[0] != expected:
-            raise RuntimeError(f"vision tower gave {tokens.shape[0]} tokens, expected {expected} "
+            raise RuntimeError(f"{tokens.shape[0]} tokens, expected {expected} "
                                f"({batch} images of {self.grid_size}x{self.grid_size})")
         losses, logs = [], {}
         for kind, head in self.heads.items():
@@ -59,6 +58,29 @@ class VisionLabelHeads(nn.Module):
             losses.append(F.cross_entropy(logits, target))
             logs[f"{kind}_token_acc"] = (logits.argmax(-1) == target).float().mean().item()
         return torch.stack(losses).mean(), logs
+
+
+class VisionLabelHeads(TokenLabelHeads):
+    """The heads on the backbone's vision tower's merged tokens, fed by a forward hook on the tower.
+
+    The hook keeps the tower's last output (B * G * G, D), so the VQA forward pass that already runs the tower
+    is all the compute the labels need.
+    """
+
+    def __init__(self, visual: nn.Module, token_dim: int, grid_size: int):
+        super().__init__(token_dim, grid_size)
+        self._tokens: torch.Tensor | None = None
+        self._hook = visual.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        self._tokens = output.pooler_output  # (B * G * G, D), row-major per image (transformers' merger order)
+
+    def loss(self, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The token loss of the tokens kept from the last tower pass."""
+        if self._tokens is None:
+            raise RuntimeError("the vision tower has not run since the last loss")
+        tokens, self._tokens = self._tokens, None
+        return self.token_loss(tokens, labels)
 
     def remove(self) -> None:
         self._hook.remove()
