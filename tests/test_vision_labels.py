@@ -12,6 +12,20 @@ from openblip3o.training.stages.understanding import UnderstandingTask
 from tiny import tiny_config
 
 
+def fit_one_batch(task, batch, key: str, steps: int = 15) -> tuple[float, dict]:
+    """AdamW on the task's trainable modules over the same batch: (the first step's logs[key], the last logs)."""
+    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, 3e-3)
+    first = None
+    for _ in range(steps):
+        loss, logs = task.loss(batch, None)
+        first = logs[key] if first is None else first
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return first, logs
+
+
 def test_label_map_is_exactly_the_drawn_pixels():
     world = ShapesWorld("train", 0)
     for index in range(20):
@@ -41,15 +55,7 @@ def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
         assert "vision_labels" not in task.loss(batch, None)[1]
         return
     assert batch[-1]["shape"].shape == (8, 64) and batch[-1]["shape"].max() > 0
-    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, 3e-3)
-    first = None
-    for _ in range(15):  # the same batch: the tower and heads must fit its labels
-        loss, logs = task.loss(batch, None)
-        first = logs["vision_labels"] if first is None else first
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    first, logs = fit_one_batch(task, batch, "vision_labels")  # the tower and heads must fit its labels
     assert logs["vision_labels"] < 0.7 * first
     task.finish()  # the hook is gone: a later forward pass keeps nothing
     model.backbone.answer([render_scene(task.source.examples(0, 1)[0].scene)],
@@ -73,15 +79,7 @@ def test_encoder_stage_trains_the_target_tokens_on_token_labels(weight):
         return
     grid = model.target_encoder.patch_grid
     assert batch["labels"]["shape"].shape == (8, grid * grid) and batch["labels"]["shape"].max() > 0
-    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, 3e-3)
-    first = None
-    for _ in range(15):  # the same batch: the encoder and heads must fit its labels
-        loss, logs = task.loss(batch, None)
-        first = logs["labels"] if first is None else first
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    first, logs = fit_one_batch(task, batch, "labels")  # the encoder and heads must fit its labels
     assert logs["labels"] < 0.7 * first and logs["shape_token_acc"] > 0.5
     task.finish()
 
