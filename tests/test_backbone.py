@@ -177,6 +177,24 @@ def test_understanding_inputs_labels_only_answer_and_im_end(backbone, vqa):
     assert "labels" not in generation and (generation["attention_mask"][:, -1] == 1).all()  # left padded
 
 
+def test_follow_up_turns_label_every_answer_and_keep_the_first_turn(backbone, vqa):
+    images, questions, answers = vqa
+    tok = backbone.tokenizer
+    follow_ups = [[(q, a)] * (i % 3) for i, (q, a) in enumerate(zip(questions[::-1], answers[::-1]))]
+    single = understanding_inputs(backbone.processor, images, questions, answers)
+    multi = understanding_inputs(backbone.processor, images, questions, answers, follow_ups)
+    for i, turns in enumerate(follow_ups):
+        n = int(single["attention_mask"][i].sum())
+        assert torch.equal(multi["input_ids"][i, :n], single["input_ids"][i, :n])  # inference's row is the start
+        kept = multi["input_ids"][i][multi["labels"][i] != IGNORE_INDEX]
+        assert tok.decode(kept) == tok.decode(tok(" ".join(f"{a} {IM_END}" for a in [answers[i]] + [a for _, a in turns]),
+                                                  add_special_tokens=False)["input_ids"])
+        real = multi["input_ids"][i][multi["attention_mask"][i] == 1]
+        assert (real == token_id(tok, IM_END)).sum() == 2 + 2 * len(turns)  # each question turn and each answer closed
+    with pytest.raises(ValueError, match="follow-up"):
+        understanding_inputs(backbone.processor, images, questions, None, follow_ups)
+
+
 # ------------------------------------------------------------------------------------------------------ generation path
 def test_condition_shapes_and_no_lm_head(backbone):
     def refuse(*_):

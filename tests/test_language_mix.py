@@ -36,13 +36,13 @@ def test_language_rows_are_the_generation_template_with_every_real_token_labelle
 @pytest.mark.parametrize("text_rows", [0.5, 0.25])
 def test_understanding_batches_mix_text_rows_in_the_configured_ratio(model, text_rows):
     task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=text_rows))
-    images, questions, answers, texts, labels = task.batch(0, 16)
-    assert labels is None  # vision labels are off by default
+    images, questions, answers, texts, labels, follow_ups = task.batch(0, 16)
+    assert labels is None and follow_ups == [[]] * 16  # vision labels and follow-up turns are off by default
     assert len(images) == len(questions) == len(answers) == 16
     assert len(texts) == round(16 * text_rows) and all(isinstance(t, str) and t for t in texts)
     assert task.batch(0, 16)[3] == texts  # by position: the same rows again
     assert task.batch(16, 16)[3] != texts
-    loss, logs = task.loss((images, questions, answers, texts, labels), torch.Generator().manual_seed(0))
+    loss, logs = task.loss((images, questions, answers, texts, labels, follow_ups), torch.Generator().manual_seed(0))
     assert set(logs) == {"ce", "text"} and loss.item() == pytest.approx(logs["ce"] + logs["text"], rel=1e-4)
 
 
@@ -168,3 +168,16 @@ def test_generation_stage_can_keep_the_queries_frozen():
         optimiser.step()
         assert torch.equal(model.backbone.queries, before) is (not train_queries)
         assert any(not torch.equal(p, q) for p, q in zip(model.generator.parameters(), dit_before))
+
+
+def test_multi_turn_rows_ask_more_of_the_same_scenes_questions(model):
+    """`turns`: each VQA row continues with more of its scene's own question/answer pairs; 1 changes nothing."""
+    single = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0, caption_rate=0.0))
+    multi = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0, caption_rate=0.0, turns=3))
+    one, three = single.batch(0, 8), multi.batch(0, 8)
+    assert one[:3] == three[:3] and one[5] == [[]] * 8  # the first turn is the same question as before
+    for example, question, answer, follow in zip(multi.source.examples(0, 8), three[1], three[2], three[5]):
+        pairs = [(qa["question"], qa["answer"]) for qa in example.annotation["vqa"]]
+        assert 1 <= len(follow) <= 2 and (question, answer) not in follow and all(p in pairs for p in follow)
+    loss, logs = multi.loss(three, torch.Generator().manual_seed(0))
+    assert set(logs) == {"ce"} and torch.isfinite(loss)

@@ -51,10 +51,10 @@ def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
     task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(vision_label_weight=weight, text_rows=0.0))
     batch = task.batch(0, 8)
     if weight == 0:
-        assert batch[-1] is None and "vision_label_heads" not in task.modules()
+        assert batch[4] is None and "vision_label_heads" not in task.modules()
         assert "vision_labels" not in task.loss(batch, None)[1]
         return
-    assert batch[-1]["shape"].shape == (8, 64) and batch[-1]["shape"].max() > 0
+    assert batch[4]["shape"].shape == (8, 64) and batch[4]["shape"].max() > 0
     first, logs = fit_one_batch(task, batch, "vision_labels")  # the tower and heads must fit its labels
     assert logs["vision_labels"] < 0.7 * first
     task.finish()  # the hook is gone: a later forward pass keeps nothing
@@ -91,3 +91,28 @@ def test_token_labels_need_shapesworld_objects():
     assert scenes_of([example], "x") == [example.scene]
     with pytest.raises(ValueError, match="encoder_label_weight"):
         scenes_of([type(example)(key="k", image=example.image, scene=None, annotation={})], "encoder_label_weight")
+
+
+def test_balanced_label_loss_weighs_object_and_background_tokens_equally():
+    """With ~85 % background tokens, one mean over all tokens is mostly background; balanced halves it."""
+    import torch.nn.functional as F
+
+    from openblip3o.training.stages.vision_labels import TokenLabelHeads
+
+    torch.manual_seed(0)
+    heads = TokenLabelHeads(token_dim=16, grid_size=4, balanced=True)
+    tokens = torch.randn(2, 16, 16)
+    labels = {kind: torch.zeros(2, 16, dtype=torch.long) for kind in ("shape", "color")}
+    labels["shape"][0, :3], labels["color"][0, :3] = 2, 5  # three object tokens of 32
+    loss, logs = heads.token_loss(tokens, labels)
+    expected = []
+    for kind, head in heads.heads.items():
+        per_token = F.cross_entropy(head(tokens.reshape(-1, 16)), labels[kind].reshape(-1), reduction="none")
+        on_object = labels[kind].reshape(-1) > 0
+        expected.append(0.5 * (per_token[on_object].mean() + per_token[~on_object].mean()))
+    assert loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    heads.balanced = False
+    plain, _ = heads.token_loss(tokens, labels)
+    assert plain.item() != pytest.approx(loss.item(), rel=1e-3)
+    right = heads.heads["shape"](tokens.reshape(-1, 16)).argmax(-1) == labels["shape"].reshape(-1)
+    assert logs["shape_object_acc"] == pytest.approx(right[:3].float().mean().item())  # object tokens only

@@ -288,3 +288,20 @@ def target(
     encoder = _pipeline(model).model.target_encoder
     result = target_separability(encoder, num=num, target_space=not raw)
     typer.echo(json.dumps(result) if as_json else format_separability(result))
+
+
+@app.command()
+@user_errors
+def vision(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(1024, "--num", help="ShapesWorld training scenes the probes are fitted on."),
+    num_test: int = typer.Option(256, "--num-test", help="Scenes per test split (eval, heldout)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: {shape|color: {eval, heldout}, train_scenes, test_scenes}."),
+):
+    """Does the vision tower see shapes? Linear probes on its merged tokens, object tokens of unseen scenes."""
+    from ..evaluation.vision_probe import format_vision_probe, vision_probe
+
+    if num < 1 or num_test < 1:
+        raise ValueError("--num and --num-test must be at least 1")
+    result = vision_probe(_pipeline(model).model.backbone, num=num, num_test=num_test)
+    typer.echo(json.dumps(result) if as_json else format_vision_probe(result))

@@ -314,10 +314,13 @@ class Backbone(nn.Module):
         position_ids = (batch["attention_mask"].cumsum(dim=-1) - 1).clamp(min=0)  # left padding, as in condition()
         return self.model(**batch, position_ids=position_ids, use_cache=False).loss
 
-    def understanding_loss(self, images: list[Image.Image], questions: list[str], answers: list[str]) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens and their closing <|im_end|> (scalar)."""
+    def understanding_loss(self, images: list[Image.Image], questions: list[str], answers: list[str],
+                           follow_ups: list[list[tuple[str, str]]] | None = None) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens and their closing <|im_end|> (scalar); `follow_ups`: more
+        (question, answer) turns per row about the same image (see `understanding_inputs`)."""
         prepared = self._prepare_images(images, questions, answers)
-        batch = self._to_device(understanding_inputs(self.processor, prepared, list(questions), list(answers)))
+        batch = self._to_device(understanding_inputs(self.processor, prepared, list(questions), list(answers),
+                                                     follow_ups))
         return self.model(**batch, use_cache=False).loss
 
 

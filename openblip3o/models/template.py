@@ -9,7 +9,10 @@ Generation (BLIP3-o): the chat-templated instruction + caption, with the assista
 Rows are LEFT padded, so the queries are the last `num_queries` positions of every row (BLIP3-o trains with right
 padding and tracks each row's query start; left padding makes the query block a fixed slice and needs no bookkeeping).
 
-Understanding: a user turn with one image and the question, then the assistant's answer closed by `<|im_end|>`.
+Understanding: a user turn with one image and the question, then the assistant's answer closed by `<|im_end|>`;
+in training, optionally more question/answer turns about the same image after it (LLaVA's multi-turn rows: every
+answer is supervised, and the image is encoded once for all of them). Inference asks one question, which is exactly the
+first turn of a training row.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .tokenizer import GEN_QUERY, GEN_START, IM_END, PAD_TOKEN, token_id
 IGNORE_INDEX = -100  # label value that `transformers` losses skip
 # Stands in for the user text while rendering the chat template once, to split it into prefix and suffix.
 _SENTINEL = "\u0000openblip3o-user-text\u0000"
+_ANSWER_SENTINEL = "\u0000openblip3o-answer-text\u0000"
 
 
 def generation_text(caption: str) -> str:
@@ -76,6 +80,22 @@ def _chat_prefix_suffix(tokenizer) -> tuple[list[int], list[int]]:
         raise ValueError("the tokenizer's chat template must render the user text exactly once")
     prefix, suffix = rendered.split(_SENTINEL)
     return _encode(tokenizer, prefix), _encode(tokenizer, suffix)
+
+
+def _follow_up_parts(tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids the chat template puts between an answer's `<|im_end|>` and a follow-up question, and after it.
+
+    Rendered once around sentinels (a visual question, an answer, a text-only user turn), so the follow-up turn is
+    the template's own, not a hand-written copy: `\\n<|im_start|>user\\n` and `<|im_end|>\\n<|im_start|>assistant\\n`
+    for Qwen's template.
+    """
+    messages = understanding_messages("?") + [{"role": "assistant", "content": _ANSWER_SENTINEL}] + _user_messages(_SENTINEL)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    after_answer = rendered.split(_ANSWER_SENTINEL)[-1]
+    if rendered.count(_SENTINEL) != 1 or not after_answer.startswith(IM_END):
+        raise ValueError("the tokenizer's chat template must close an answer with <|im_end|> and render a follow-up once")
+    between, suffix = after_answer[len(IM_END):].split(_SENTINEL)
+    return _encode(tokenizer, between), _encode(tokenizer, suffix)
 
 
 def generation_inputs(tokenizer, prompts: list[str], num_queries: int, max_length: int) -> dict[str, torch.Tensor]:
@@ -150,7 +170,8 @@ def understanding_prompts(tokenizer, questions: list[str]) -> list[str]:
     ]
 
 
-def understanding_inputs(processor, images: list, questions: list[str], answers: list[str] | None = None) -> dict:
+def understanding_inputs(processor, images: list, questions: list[str], answers: list[str] | None = None,
+                         follow_ups: list[list[tuple[str, str]]] | None = None) -> dict:
     """Processor outputs for visual question answering.
 
     Args:
@@ -158,18 +179,22 @@ def understanding_inputs(processor, images: list, questions: list[str], answers:
         images: B RGB PIL images (already at the backbone's size).
         questions: B questions.
         answers: B answers for training, or None for generation.
+        follow_ups: training only: per row, more (question, answer) turns about the same image after the first
+            answer (empty lists allowed); their answers are labelled like the first.
     Returns:
         dict with `input_ids`, `attention_mask`, `mm_token_type_ids` (B, L) (the latter drives Qwen's 3-D mrope
         positions), `pixel_values` (num_patches, C*T*P*P) and `image_grid_thw` (B, 3).
         answers None: LEFT padded prompts ending with `<|im_start|>assistant\\n`, ready for `generate`.
-        answers given: RIGHT padded prompt + answer + `<|im_end|>`, plus `labels` (B, L): IGNORE_INDEX everywhere
-        except the answer tokens and the closing `<|im_end|>` (right padding keeps every prompt at position 0, so
-        the answer span is simply [prompt length, prompt length + answer length)).
+        answers given: RIGHT padded prompt + answer + `<|im_end|>` (+ each follow-up turn), plus `labels` (B, L):
+        IGNORE_INDEX everywhere except the answer tokens and each answer's closing `<|im_end|>` (right padding keeps
+        every prompt at position 0, so each row's text simply continues after its prompt).
     """
     if not questions or len(images) != len(questions):
         raise ValueError(f"need as many images as questions (and at least one): {len(images)} vs {len(questions)}")
     if answers is not None and len(answers) != len(questions):
         raise ValueError(f"need as many answers as questions: {len(answers)} vs {len(questions)}")
+    if follow_ups is not None and (answers is None or len(follow_ups) != len(questions)):
+        raise ValueError("follow-up turns need answers and one list per question (an empty list for none)")
     tokenizer = processor.tokenizer
     prompts = understanding_prompts(tokenizer, questions)
     side = "left" if answers is None else "right"
@@ -178,20 +203,21 @@ def understanding_inputs(processor, images: list, questions: list[str], answers:
     if answers is None:
         return batch
     closing = token_id(tokenizer, IM_END)
-    answer_ids = [_encode(tokenizer, a) + [closing] for a in answers]
+    continuations = [_answer_turns(tokenizer, a, follow_ups[i] if follow_ups else [], closing)
+                     for i, a in enumerate(answers)]
     prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
-    total = max(n + len(a) for n, a in zip(prompt_lengths, answer_ids))
+    total = max(n + len(ids) for n, (ids, _) in zip(prompt_lengths, continuations))
     pad_id = token_id(tokenizer, PAD_TOKEN)
     input_ids = torch.full((len(answers), total), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
-    mm_token_type_ids = torch.zeros_like(input_ids)  # answers are text: type 0
+    mm_token_type_ids = torch.zeros_like(input_ids)  # answers and follow-up turns are text: type 0
     labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for i, (n, ids) in enumerate(zip(prompt_lengths, answer_ids)):
-        answer = torch.tensor(ids, dtype=torch.long)
+    for i, (n, (ids, supervised)) in enumerate(zip(prompt_lengths, continuations)):
+        ids = torch.tensor(ids, dtype=torch.long)
         input_ids[i, :n] = encoded["input_ids"][i, :n]
         mm_token_type_ids[i, :n] = encoded["mm_token_type_ids"][i, :n]
-        input_ids[i, n : n + len(ids)] = answer
-        labels[i, n : n + len(ids)] = answer
+        input_ids[i, n : n + len(ids)] = ids
+        labels[i, n : n + len(ids)] = ids.masked_fill(~torch.tensor(supervised), IGNORE_INDEX)
         attention_mask[i, : n + len(ids)] = 1
     batch |= {
         "input_ids": input_ids,
@@ -200,3 +226,21 @@ def understanding_inputs(processor, images: list, questions: list[str], answers:
         "labels": labels,
     }
     return batch
+
+
+def _answer_turns(tokenizer, answer: str, follow_ups: list[tuple[str, str]], closing: int):
+    """The ids after a row's prompt: the answer + <|im_end|>, then each follow-up question turn and its answer.
+
+    Returns (ids, supervised): supervised[j] is True where ids[j] is an answer token or an answer's <|im_end|>.
+    """
+    ids = _encode(tokenizer, answer) + [closing]
+    supervised = [True] * len(ids)
+    if follow_ups:
+        check_user_text(tokenizer, [q for q, _ in follow_ups])
+        between, suffix = _follow_up_parts(tokenizer)
+        for question, reply in follow_ups:
+            turn = between + _encode(tokenizer, question) + suffix
+            reply_ids = _encode(tokenizer, reply) + [closing]
+            ids += turn + reply_ids
+            supervised += [False] * len(turn) + [True] * len(reply_ids)
+    return ids, supervised

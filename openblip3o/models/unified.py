@@ -82,8 +82,9 @@ class BLIP3oModel(nn.Module):
         cond, mask = self.backbone.condition(captions)
         return self.objective.loss(self.generator, tokens_to_grid(targets, self.grid_size), cond, mask, generator)
 
-    def understanding_loss(self, images, questions: list[str], answers: list[str]) -> torch.Tensor:
-        return self.backbone.understanding_loss(images, questions, answers)
+    def understanding_loss(self, images, questions: list[str], answers: list[str],
+                           follow_ups: list[list[tuple[str, str]]] | None = None) -> torch.Tensor:
+        return self.backbone.understanding_loss(images, questions, answers, follow_ups)
 
     # --- inference ----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -50,12 +50,17 @@ class UnderstandingMix:
     """The understanding stage's batch mix: VQA and captioning on images, plus text-only next-token rows."""
 
     caption_rate: float = 0.2  # share of captioning requests among the VQA rows
+    # question/answer turns per VQA row, all about its one image (1 = a single question, as at inference; more
+    # supervises more answers per encoded image)
+    turns: int = 1
     text_rows: float = 0.5  # text-only rows per VQA row (0 = the answer-only recipe)
     text_weight: float = 1.0  # weight of the text loss in the sum
     text_short_rate: float = 0.1  # text rows: share of short captions
     text_prompt_rate: float = 0.4  # text rows: share of GenEval-style prompts (the rest are long captions)
     # weight of the per-token shape / colour labels on the vision tower's merged tokens (ShapesWorld; 0 = off)
     vision_label_weight: float = 0.0
+    # the vision labels' loss weighs background and object tokens equally (else one mean over all tokens)
+    vision_label_balanced: bool = False
 
 
 @dataclass

@@ -33,6 +33,19 @@ def pick_question(example, rng: random.Random, caption_rate: float) -> tuple[str
     return qa["question"], qa["answer"]
 
 
+def pick_follow_ups(example, rng: random.Random, first: tuple[str, str], turns: int) -> list[tuple[str, str]]:
+    """Up to `turns - 1` more of the scene's VQA pairs (not the first, in a random order) to ask after it.
+
+    A captioning row gets none. Drawn after `pick_question`, from the same generator, so `turns == 1` leaves every
+    earlier choice as it was.
+    """
+    rest = [(qa["question"], qa["answer"]) for qa in example.annotation["vqa"]
+            if (qa["question"], qa["answer"]) != first]
+    if turns <= 1 or first[0] == CAPTION_QUESTION or not rest:
+        return []
+    return rng.sample(rest, min(turns - 1, len(rest)))
+
+
 def image_batch(batch_examples, size: int):
     """(B, 3, size, size) floats in [0, 1]."""
     return to_tensor([e.image for e in batch_examples], size)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
-from .data import SourceState, choice_rng, pick_caption, pick_question
+from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
 from .vision_labels import VisionLabelHeads, scenes_of
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
@@ -32,7 +32,8 @@ class UnderstandingTask(SourceState):
             backbone = model.backbone
             vision = backbone.model.config.vision_config
             grid = backbone.cfg.image_size // (vision.patch_size * vision.spatial_merge_size)
-            self.vision_labels = VisionLabelHeads(backbone.model.model.visual, vision.out_hidden_size, grid)
+            self.vision_labels = VisionLabelHeads(backbone.model.model.visual, vision.out_hidden_size, grid,
+                                                  self.mix.vision_label_balanced)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
@@ -50,7 +51,9 @@ class UnderstandingTask(SourceState):
 
     def batch(self, start: int, size: int):
         chosen = self.source.examples(start, size, MAIN)
-        pairs = [pick_question(e, choice_rng(self.seed, start + i), self.mix.caption_rate) for i, e in enumerate(chosen)]
+        rngs = [choice_rng(self.seed, start + i) for i in range(len(chosen))]
+        pairs = [pick_question(e, rng, self.mix.caption_rate) for e, rng in zip(chosen, rngs)]
+        follow_ups = [pick_follow_ups(e, rng, pair, self.mix.turns) for e, rng, pair in zip(chosen, rngs, pairs)]
         count = self.text_count(size)
         text_first = start * count // max(size, 1)
         texts = [
@@ -60,11 +63,11 @@ class UnderstandingTask(SourceState):
         ] if count else []
         labels = (self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
                   if self.vision_labels is not None else None)
-        return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels
+        return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels, follow_ups
 
     def loss(self, batch, generator):
-        images, questions, answers, texts, labels = batch
-        ce = self.model.understanding_loss(images, questions, answers)
+        images, questions, answers, texts, labels, follow_ups = batch
+        ce = self.model.understanding_loss(images, questions, answers, follow_ups if any(follow_ups) else None)
         loss, logs = ce, {"ce": ce.item()}
         if labels is not None:
             dense, accuracy = self.vision_labels.loss(labels)
