@@ -23,16 +23,10 @@ TEST_SPLITS = ("eval", "heldout")
 BATCH = 64
 
 
-def tower_grid(backbone) -> int:
-    """G: the merged-token grid's side (the language model reads G * G tokens per image)."""
-    vision = backbone.model.config.vision_config
-    return backbone.cfg.image_size // (vision.patch_size * vision.spatial_merge_size)
-
-
 @torch.no_grad()
 def object_tower_tokens(backbone, examples) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The merged tower tokens that objects cover, (T, D) float, and their classes {kind: (T,) long}."""
-    grid = tower_grid(backbone)
+    grid = backbone.vision_grid
     visual = backbone.model.model.visual
     features, labels = [], {kind: [] for kind in KINDS}
     for start in range(0, len(examples), BATCH):

@@ -202,6 +202,12 @@ class Backbone(nn.Module):
         return self.queries.shape[1]
 
     @property
+    def vision_grid(self) -> int:
+        """G: the side of the vision tower's merged-token grid (the language model reads G * G tokens per image)."""
+        vision = self.model.config.vision_config
+        return self.cfg.image_size // (vision.patch_size * vision.spatial_merge_size)
+
+    @property
     def device(self) -> torch.device:
         return self.queries.device
 

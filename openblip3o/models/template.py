@@ -203,7 +203,9 @@ def understanding_inputs(processor, images: list, questions: list[str], answers:
     if answers is None:
         return batch
     closing = token_id(tokenizer, IM_END)
-    continuations = [_answer_turns(tokenizer, a, follow_ups[i] if follow_ups else [], closing)
+    # the follow-up turn's template tokens, rendered once per batch
+    turn_parts = _follow_up_parts(tokenizer) if follow_ups and any(follow_ups) else None
+    continuations = [_answer_turns(tokenizer, a, follow_ups[i] if follow_ups else [], closing, turn_parts)
                      for i, a in enumerate(answers)]
     prompt_lengths = encoded["attention_mask"].sum(dim=1).tolist()
     total = max(n + len(ids) for n, (ids, _) in zip(prompt_lengths, continuations))
@@ -228,8 +230,10 @@ def understanding_inputs(processor, images: list, questions: list[str], answers:
     return batch
 
 
-def _answer_turns(tokenizer, answer: str, follow_ups: list[tuple[str, str]], closing: int):
-    """The ids after a row's prompt: the answer + <|im_end|>, then each follow-up question turn and its answer.
+def _answer_turns(tokenizer, answer: str, follow_ups: list[tuple[str, str]], closing: int,
+                  turn_parts: tuple[list[int], list[int]] | None):
+    """The ids after a row's prompt: the answer + <|im_end|>, then each follow-up question turn and its answer
+    (`turn_parts`: `_follow_up_parts(tokenizer)`, needed when there are follow-ups).
 
     Returns (ids, supervised): supervised[j] is True where ids[j] is an answer token or an answer's <|im_end|>.
     """
@@ -237,7 +241,7 @@ def _answer_turns(tokenizer, answer: str, follow_ups: list[tuple[str, str]], clo
     supervised = [True] * len(ids)
     if follow_ups:
         check_user_text(tokenizer, [q for q, _ in follow_ups])
-        between, suffix = _follow_up_parts(tokenizer)
+        between, suffix = turn_parts
         for question, reply in follow_ups:
             turn = between + _encode(tokenizer, question) + suffix
             reply_ids = _encode(tokenizer, reply) + [closing]

@@ -30,10 +30,9 @@ class UnderstandingTask(SourceState):
         self.vision_labels = None
         if self.mix.vision_label_weight > 0:
             backbone = model.backbone
-            vision = backbone.model.config.vision_config
-            grid = backbone.cfg.image_size // (vision.patch_size * vision.spatial_merge_size)
-            self.vision_labels = VisionLabelHeads(backbone.model.model.visual, vision.out_hidden_size, grid,
-                                                  self.mix.vision_label_balanced)
+            self.vision_labels = VisionLabelHeads(backbone.model.model.visual,
+                                                  backbone.model.config.vision_config.out_hidden_size,
+                                                  backbone.vision_grid, self.mix.vision_label_balanced)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
