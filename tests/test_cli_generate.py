@@ -105,3 +105,14 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, args, message):
 def test_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output and "--model" in result.output
+
+
+def test_grid_labels_wrap_long_prompts_instead_of_cutting_their_last_word():
+    from PIL import Image
+
+    from openblip3o.utils.images import prompt_rows
+
+    tile = [Image.new("RGB", (64, 64))]
+    short = prompt_rows(tile, ["a red circle"], columns=1)
+    long = prompt_rows(tile, ["a photo of two red circles above a large blue square"], columns=1)
+    assert long.size[1] > short.size[1]  # more label lines: the whole prompt is written

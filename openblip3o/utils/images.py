@@ -41,7 +41,7 @@ def to_pil(images) -> list[Image.Image]:
 
 
 def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, tile: int = 128) -> Image.Image:
-    """One row per prompt (its `columns` images, scaled to `tile` px), the prompt written above its row.
+    """One row per prompt (its `columns` images, scaled to `tile` px), the prompt written above its row (wrapped).
 
     images: len(prompts) * columns images, row by row. A user must see which prompt drew which row, so each row is
     diffusers' `make_image_grid` of its images under a band with the prompt.
@@ -51,15 +51,17 @@ def prompt_rows(images: list[Image.Image], prompts: list[str], columns: int, til
     if len(images) != len(prompts) * columns:
         raise ValueError(f"{len(images)} images for {len(prompts)} prompts x {columns} columns")
     font = ImageFont.load_default()
-    band = LABEL_LINE_HEIGHT + 2 * LABEL_PADDING
     width = max(columns * tile, 1)
+    # Wrapped, not shortened: prompts that differ in their last word must show that word.
+    labels = [textwrap.wrap(prompt, max(int(width * CHARS_PER_PIXEL), 1)) or [""] for prompt in prompts]
+    band = max(len(lines) for lines in labels) * LABEL_LINE_HEIGHT + 2 * LABEL_PADDING
     sheet = Image.new("RGB", (width, len(prompts) * (band + tile)), "white")
     draw = ImageDraw.Draw(sheet)
     # Nearest-neighbour: small generated images stay sharp (make_image_grid's own resize would smooth them).
     scaled = [image.convert("RGB").resize((tile, tile), Image.NEAREST) for image in images]
-    for row, prompt in enumerate(prompts):
+    for row, lines in enumerate(labels):
         top = row * (band + tile)
-        label = textwrap.shorten(prompt, int(width * CHARS_PER_PIXEL), placeholder="...")
-        draw.text((LABEL_PADDING, top + LABEL_PADDING), label, fill="black", font=font)
+        for index, line in enumerate(lines):
+            draw.text((LABEL_PADDING, top + LABEL_PADDING + index * LABEL_LINE_HEIGHT), line, fill="black", font=font)
         sheet.paste(make_image_grid(scaled[row * columns : (row + 1) * columns], 1, columns), (0, top + band))
     return sheet
