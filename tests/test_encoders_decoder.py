@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from openblip3o.config import DecoderConfig, ObjectiveConfig, TargetConfig
+from openblip3o.inference.pipeline import BLIP3oPipeline
 from openblip3o.data.shapes import ShapesWorld, vocabulary
 from openblip3o.models.decoder import Autoencoder, DiffusionDecoder, build_decoder
 from openblip3o.models.encoders import (
@@ -22,6 +23,7 @@ from openblip3o.models.encoders import (
 from openblip3o.models.loading import CheckpointError
 from openblip3o.presets import MINI_DECODER as DECODER_DEFAULTS
 from openblip3o.presets import MINI_TARGET_MODEL as ENCODER_DEFAULTS
+from tiny import tiny_config
 
 PAD, EOS, UNK, FIRST_WORD = 0, 1, 3, 4  # EOS deliberately not 2 (CLIP's legacy argmax pooling)
 WORDS = {w: i + FIRST_WORD for i, w in enumerate(vocabulary())}
@@ -346,3 +348,27 @@ def test_mini_defaults_build():
     assert build_target_encoder(TargetConfig(kind="vae", model=ENCODER_DEFAULTS)).token_dim == 4
     assert DiffusionDecoder(DecoderConfig(**DECODER_DEFAULTS), 192, 8).objective_config == ObjectiveConfig(
         prediction="sample", condition_dropout=0.1)
+
+
+def test_decoder_conditioning_augmentation_noises_each_sample_in_the_target_space():
+    """DecoderTask(condition_noise=s): the decoder trains on tokens noised in the DiT's target space at a per-sample
+    level in [0, s]; at s = 0 on the encoder's exact tokens."""
+    from openblip3o.data.sources import ShapesSource
+    from openblip3o.training.stages.autoencoder import DecoderTask
+
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model
+    encoder, level = model.target_encoder, 0.5
+    task = DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=level)
+    batch = task.batch(0, 8)
+    seen = []
+    model.decoder.loss = lambda images, tokens, generator=None: seen.append(tokens) or tokens.pow(2).mean()
+    task.loss(batch, torch.Generator().manual_seed(0))
+    moved = (encoder.normalize(seen[0]) - encoder.normalize(batch["tokens"])).pow(2).mean((1, 2)).sqrt()
+    assert (moved > 0).all() and (moved <= 1.2 * level).all(), moved  # RMS of level x N(0, 1): at most ~level
+    assert moved.max() > 2 * moved.min(), moved  # levels drawn per sample, not one for the batch
+    exact = DecoderTask(model.decoder, encoder, ShapesSource("train", 0))
+    exact.loss(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[1], batch["tokens"])
+    with pytest.raises(ValueError, match="condition_noise"):
+        DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=-1.0)

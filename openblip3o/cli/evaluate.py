@@ -305,3 +305,20 @@ def vision(
         raise ValueError("--num and --num-test must be at least 1")
     result = vision_probe(_pipeline(model).model.backbone, num=num, num_test=num_test)
     typer.echo(json.dumps(result) if as_json else format_vision_probe(result))
+
+
+@app.command()
+@user_errors
+def chain(
+    model: str = MODEL_OPT,
+    seeds: int = typer.Option(2, "--seeds", help="Seeds per prompt (0..S-1, one shared noise per seed)."),
+    num: int = typer.Option(1000, "--num", help="ShapesWorld training scenes the token probes are fitted on."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: {tokens: {shape, color}, image: {shape, color, rule}, prompts, seeds, probe_scenes}."),
+):
+    """Where is a prompt's object lost: in the DiT's tokens (read by probes) or in the decoded image (by rule)?"""
+    from ..evaluation.chain import chain_report, format_chain
+
+    if seeds < 1 or num < 1:
+        raise ValueError("--seeds and --num must be at least 1")
+    report = chain_report(_pipeline(model), seeds=seeds, num=num)
+    typer.echo(json.dumps(report) if as_json else format_chain(report))

@@ -165,18 +165,17 @@ def query_part(row: Condition, num_queries: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------- measures
-def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
-    """Held-out accuracy of a multinomial logistic-regression probe with L2.
+def fit_probe(train_x: torch.Tensor, train_y: torch.Tensor, classes: int | None = None):
+    """A multinomial logistic-regression probe with L2, fitted; returns `predict(x) -> (P,) class indices`.
 
     train_x: (P, ...) features, flattened per row and standardised with the training mean and std; train_y: (P,)
-    class indices 0..C-1; test_x / test_y likewise. Full-batch LBFGS from zero weights for PROBE_ITERATIONS
+    class indices 0..C-1 (C = `classes`, or max label + 1). Full-batch LBFGS from zero weights for PROBE_ITERATIONS
     iterations: deterministic, about a second for 256 x 16384 features on one CPU thread.
     """
-    train_x, test_x = train_x.flatten(1).float().cpu(), test_x.flatten(1).float().cpu()
-    train_y, test_y = train_y.long().cpu(), test_y.long().cpu()
+    train_x, train_y = train_x.flatten(1).float().cpu(), train_y.long().cpu()
     mean, std = train_x.mean(0), train_x.std(0, unbiased=False).clamp_min(STD_FLOOR)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    classes = int(max(train_y.max(), test_y.max())) + 1
+    train_x = (train_x - mean) / std
+    classes = classes or int(train_y.max()) + 1
     weight = torch.zeros(train_x.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=PROBE_ITERATIONS, line_search_fn="strong_wolfe")
@@ -189,9 +188,21 @@ def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
 
     with torch.enable_grad():
         optimizer.step(closure)
+    weight, bias = weight.detach(), bias.detach()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        x = (x.flatten(1).float().cpu() - mean) / std
+        return (x @ weight + bias).argmax(1)
+
+    return predict
+
+
+def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
+    """Held-out accuracy of a `fit_probe` probe fitted on (train_x, train_y), scored on (test_x, test_y)."""
+    classes = int(max(train_y.max(), test_y.max())) + 1
     with torch.no_grad():
-        predictions = (test_x @ weight + bias).argmax(1)
-    return float((predictions == test_y).float().mean())
+        predictions = fit_probe(train_x, train_y, classes)(test_x)
+    return float((predictions == test_y.long().cpu()).float().mean())
 
 
 def pair_difference(cond_a: torch.Tensor, cond_b: torch.Tensor) -> float:

@@ -86,6 +86,9 @@ class TrainConfig:
     # autoencoder: weight of the CLIP encoder's training-only per-token shape / colour heads (ShapesWorld labels;
     # 0 = the contrastive and pixel losses alone), so that its tokens, the DiT's target, carry shape
     encoder_label_weight: float = 0.0
+    # autoencoder: the decoder's conditioning augmentation, the largest noise level (target units) its tokens are
+    # noised with in the DiT's target space (0 = exact tokens, as BLIP3-o's decoder); see DecoderTask
+    decoder_condition_noise: float = 0.0
     # generation: the last K language layers of the backbone learn too (0 = BLIP3-o's frozen backbone); check VQA
     generation_trainable_layers: int = 0
     # generation: the learnable queries learn (BLIP3-o). At mini scale they measured better frozen at their scaled

@@ -108,7 +108,8 @@ def _autoencoder_part(name: str) -> Stage:
     """One of `autoencoder_tasks`; a model without a decoder (a VAE-kind target) has the `vae` part alone."""
     def make(ctx: StageContext) -> Task:
         return autoencoder_tasks(ctx.model, ctx.config.seed, ctx.config.data.autoencoder,
-                                 label_weight=ctx.config.encoder_label_weight)[name]()
+                                 label_weight=ctx.config.encoder_label_weight,
+                                 condition_noise=ctx.config.decoder_condition_noise)[name]()
 
     return Stage(make, name, finish=_finish_task, applies=lambda model: name in autoencoder_tasks(model))
 
