@@ -23,16 +23,13 @@ import torch
 
 from ..data.shapes import COLORS, HELDOUT_COLOR_SHAPES, SHAPES, ShapesWorld
 from ..data.shapes.prompts import record
-from ..data.shapes.render import token_labels
 from ..data.shapes.rules import evaluate
-from ..models.encoders import to_tensor
 from ..utils.images import to_pil
 from .condition import _eval_mode, _model, fit_probe
 from .geneval.detector import detect, foreground_colour
+from .target_probe import KINDS, object_tokens
 
-KINDS = ("shape", "color")
 WORDS = {"shape": SHAPES, "color": COLORS}
-ENCODE_BATCH = 250  # training scenes encoded per batch when fitting the token probes
 
 
 def single_object_records() -> list[dict]:
@@ -46,17 +43,8 @@ def token_probes(encoder, num: int = 1000, seed: int = 0) -> dict:
     """{kind: predict} per-token probes on the DiT's target space: predict((T, D) tokens) -> (T,) class indices,
     0 = background, k = the k-th word of WORDS[kind] (+1)."""
     world = ShapesWorld("train", seed)
-    features, labels = [], {kind: [] for kind in KINDS}
-    for start in range(0, num, ENCODE_BATCH):
-        examples = [world[i] for i in range(start, min(num, start + ENCODE_BATCH))]
-        tokens = encoder.normalize(encoder.encode(to_tensor([e.image for e in examples], encoder.image_size)))
-        features.append(tokens.reshape(-1, tokens.shape[-1]))
-        for example in examples:
-            per_token = token_labels(example.scene, encoder.grid_size)
-            for kind in KINDS:
-                labels[kind].append(torch.from_numpy(per_token[kind]))
-    features = torch.cat(features)
-    return {kind: fit_probe(features, torch.cat(labels[kind]), len(WORDS[kind]) + 1) for kind in KINDS}
+    features, labels = object_tokens(encoder, [world[i] for i in range(num)], with_background=True)
+    return {kind: fit_probe(features, labels[kind], len(WORDS[kind]) + 1) for kind in KINDS}
 
 
 def token_words(tokens: torch.Tensor, probes: dict) -> dict[str, str | None]:

@@ -25,9 +25,10 @@ BATCH = 250
 
 
 @torch.no_grad()
-def object_tokens(encoder, examples, target_space: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def object_tokens(encoder, examples, target_space: bool = True,
+                  with_background: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The tokens objects cover, (T, D) float64 (in the DiT's target space, or the encoder's raw tokens), and their
-    classes {kind: (T,) long}."""
+    classes {kind: (T,) long} (0 = background: every token, with `with_background`)."""
     grid = encoder.grid_size
     features, labels = [], {kind: [] for kind in KINDS}
     for start in range(0, len(examples), BATCH):
@@ -36,10 +37,10 @@ def object_tokens(encoder, examples, target_space: bool = True) -> tuple[torch.T
         tokens = encoder.normalize(tokens) if target_space else tokens
         for example, row in zip(chunk, tokens):
             per_token = token_labels(example.scene, grid)
-            covered = torch.from_numpy(per_token["shape"] > 0)
-            features.append(row[covered].double())
+            covered = per_token["shape"] >= 0 if with_background else per_token["shape"] > 0
+            features.append(row[torch.from_numpy(covered)].double())
             for kind in KINDS:
-                labels[kind].append(torch.from_numpy(per_token[kind][per_token["shape"] > 0]))
+                labels[kind].append(torch.from_numpy(per_token[kind][covered]))
     return torch.cat(features), {kind: torch.cat(values) for kind, values in labels.items()}
 
 
