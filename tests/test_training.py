@@ -142,3 +142,33 @@ def test_the_registry_gives_each_stage_its_parts(model):
     assert parts("generation", model) == ["generation"]
     assert {STAGES[name].loop for name in ("generation", "joint")} == {"generation"}
     assert STAGES["generation"].sample is not None and STAGES["understanding"].sample is None
+
+
+def test_retraining_the_decoder_alone_keeps_the_encoder_and_the_dit_target_space(tmp_path):
+    """`--stage autoencoder --parts decoder`: the decoder learns again on the run's pipeline; the VAE, the encoder and
+    its fitted statistics (the DiT's target space) stay bit for bit; a rerun skips it; bad parts are refused."""
+    run_training(TrainConfig(), tmp_path, ["autoencoder"], steps_scale=0.003, progress=False, log=lambda *_: None,
+                 model_config=tiny_config())
+    before = BLIP3oPipeline.from_pretrained(tmp_path / "pipeline").model
+    config = TrainConfig(decoder_condition_noise=1.0)
+    summary = run_training(config, tmp_path, ["autoencoder"], steps_scale=0.003, progress=False,
+                           log=lambda *_: None, only_parts=["decoder"])
+    assert summary["autoencoder"]["parts"] == ["decoder"]
+    assert list(summary["autoencoder"]["result"]) == ["decoder"]
+    after = BLIP3oPipeline.from_pretrained(tmp_path / "pipeline").model
+    for name in ("target_encoder", "generator"):
+        old, new = getattr(before, name).state_dict(), getattr(after, name).state_dict()
+        assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old), name
+    old, new = before.decoder.state_dict(), after.decoder.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("vae."))
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("unet."))
+    lines = []
+    run_training(config, tmp_path, ["autoencoder"], steps_scale=0.003, progress=False, log=lines.append,
+                 only_parts=["decoder"])
+    assert "autoencoder: already done, skipped" in lines
+    with pytest.raises(ValueError, match="unknown part 'dit' of stage 'autoencoder'; its parts: vae, encoder, decoder"):
+        run_training(config, tmp_path, ["autoencoder"], only_parts=["dit"])
+    with pytest.raises(ValueError, match="parts apply to one stage that has sub-stages"):
+        run_training(config, tmp_path, ["generation"], only_parts=["decoder"])
+    with pytest.raises(ValueError, match="is missing"):
+        run_training(config, tmp_path / "fresh", ["autoencoder"], only_parts=["decoder"])

@@ -29,6 +29,8 @@ def train(
     resume: bool = typer.Option(True, help="Continue an interrupted run in --out (default) or start afresh."),
     steps_scale: float = typer.Option(1.0, help="Scale every stage's step count (e.g. 0.01 for a smoke run)."),
     lora_rank: int = typer.Option(None, help="Instruct stage: LoRA rank through peft (0 = full fine-tuning)."),
+    parts: str = typer.Option(None, help="With --stage autoencoder: retrain only these of its parts (comma-separated: "
+                              "vae, encoder, decoder) on --out's pipeline, the others kept."),
 ):
     """Train the model: autoencoder, understanding, generation (frozen backbone), instruct."""
     from ..config import load_yaml_overrides, merge
@@ -50,7 +52,8 @@ def train(
     stages = list(STAGES) if stage is Stage.all else [stage.value]
     # The prompt checks and the instruct probe score with evaluation's code, which training does not import.
     scorers = training_scorers()
+    only_parts = [p.strip() for p in parts.split(",") if p.strip()] if parts else None
     summary = run_training(settings, out, stages, resume=resume, steps_scale=steps_scale, log=typer.echo,
-                           scorers=scorers)
+                           scorers=scorers, only_parts=only_parts)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(f"trained pipeline: {out / 'pipeline'}")

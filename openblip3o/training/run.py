@@ -4,6 +4,9 @@
       <stage>/[<sub-stage>/]log.jsonl, checkpoints/, samples/    per-stage engine output
       <stage>/done.json                                          written when a stage is complete (a rerun skips it)
       pipeline/                                                  the pipeline after the last completed stage
+
+`only_parts` retrains some sub-stages of one stage on the run's saved pipeline, the others kept as they are (e.g.
+the decoder alone with a new setting: `--stage autoencoder --parts decoder`).
 """
 
 from __future__ import annotations
@@ -48,11 +51,12 @@ def save_pipeline(pipe: BLIP3oPipeline, out: Path) -> None:
 
 def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | None = None, resume: bool = True,
                  steps_scale: float = 1.0, progress: bool = True, log=print, model_config: ModelConfig | None = None,
-                 scorers: Scorers | None = None) -> dict:
+                 scorers: Scorers | None = None, only_parts: list[str] | None = None) -> dict:
     """Train `stages` (default: all four) in order; return a summary per stage.
 
     The model is the preset's, or `model_config` when given (a design-space variant, a test size). `scorers`
     (evaluation's, passed in by the caller) run the generation stage's prompt checks and the instruct probe.
+    `only_parts`: with one stage, train only these of its sub-stages on `out/pipeline` (which must exist).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +64,9 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage {unknown[0]!r}; stages: {', '.join(STAGES)}")
+    if only_parts:
+        _check_parts(stages, only_parts, out, resume, config.joint)
+        only_parts = [p for p in GROUPS[stages[0]] if p in only_parts]  # in training order
     torch.manual_seed(config.seed)
     if resume and (out / PIPELINE / "model_index.json").is_file():
         pipe = BLIP3oPipeline.from_pretrained(out / PIPELINE)
@@ -80,15 +87,19 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
         stages.insert(at, "joint")
     for stage in stages:
         stage_dir = out / stage
-        if resume and (stage_dir / DONE).is_file():
-            summary[stage] = json.loads((stage_dir / DONE).read_text())
+        done = json.loads((stage_dir / DONE).read_text()) if resume and (stage_dir / DONE).is_file() else None
+        # a done stage is skipped; with only_parts, only when those parts were what completed it
+        if done is not None and (not only_parts or done.get("parts") == only_parts):
+            summary[stage] = done
             log(f"{stage}: already done, skipped")
             continue
         began = time.perf_counter()
         if not resume:
             shutil.rmtree(stage_dir, ignore_errors=True)
         result = {}
-        for part in parts(stage, model):
+        for part in [p for p in parts(stage, model) if not only_parts or p in only_parts]:
+            if done is not None:  # the stage was completed by another run of its parts: this part starts afresh
+                shutil.rmtree(stage_dir / part, ignore_errors=True)
             spec = REGISTERED[part]
             part_dir = stage_dir / part if stage in GROUPS else stage_dir
             task = spec.make(context)
@@ -104,7 +115,23 @@ def run_training(config: TrainConfig, out_dir: str | Path, stages: list[str] | N
         save_pipeline(pipe, out)
         model.train()
         result = {"stage": stage, "minutes": (time.perf_counter() - began) / 60, "result": result}
+        if only_parts:
+            result["parts"] = only_parts
         (stage_dir / DONE).write_text(json.dumps(result, indent=2) + "\n")
         summary[stage] = result
         log(f"{stage}: done in {result['minutes']:.1f} min")
     return summary
+
+
+def _check_parts(stages: list[str], only_parts: list[str], out: Path, resume: bool, joint: bool) -> None:
+    """`only_parts` names sub-stages of exactly one grouped stage, and there is a trained pipeline to keep."""
+    if len(stages) != 1 or stages[0] not in GROUPS or joint:
+        grouped = ", ".join(f"{name} ({', '.join(group)})" for name, group in GROUPS.items())
+        raise ValueError(f"parts apply to one stage that has sub-stages: {grouped}")
+    group = GROUPS[stages[0]]
+    unknown = [p for p in only_parts if p not in group]
+    if unknown:
+        raise ValueError(f"unknown part {unknown[0]!r} of stage {stages[0]!r}; its parts: {', '.join(group)}")
+    if not resume or not (out / PIPELINE / "model_index.json").is_file():
+        raise ValueError(f"retraining parts keeps the others of a trained pipeline: {out / PIPELINE} is missing "
+                         "(or --no-resume was given)")

@@ -171,14 +171,18 @@ class EncoderTask(SourceState):
         return total, logs
 
     def finish(self) -> None:
+        """Freeze the encoder and fit its feature statistics and principal components (the DiT's target space) on
+        the first STATS_IMAGES training images: they belong to the encoder, so retraining the decoder alone
+        (`--parts decoder`) leaves a trained DiT's target space where it was."""
         self._hook.remove()
         self.encoder.eval().requires_grad_(False)
+        with torch.no_grad():
+            self.encoder.fit_feature_stats(self.encoder.encode(
+                image_batch(self.source, 0, STATS_IMAGES, self.encoder.image_size)["images"]))
 
 
 class DecoderTask(SourceState):
     """Sub-stage 3: the decoder's UNet and condition projector on the frozen encoder's raw tokens.
-
-    Also fits the encoder's feature statistics (for the generator) on the first STATS_IMAGES training images.
 
     condition_noise > 0: conditioning augmentation (as cascaded diffusion models condition their upsamplers on
     noised inputs). Each sample's tokens are taken into the DiT's target space, noised there with a level drawn
@@ -196,9 +200,6 @@ class DecoderTask(SourceState):
         self.condition_noise = condition_noise
         decoder.vae.requires_grad_(False).eval()
         encoder.eval().requires_grad_(False)
-        with torch.no_grad():
-            if hasattr(encoder, "fit_feature_stats"):
-                encoder.fit_feature_stats(encoder.encode(self.images(0, STATS_IMAGES)))
         decoder.unet.train()
 
     def images(self, start: int, size: int) -> torch.Tensor:
