@@ -172,3 +172,15 @@ def test_retraining_the_decoder_alone_keeps_the_encoder_and_the_dit_target_space
         run_training(config, tmp_path, ["generation"], only_parts=["decoder"])
     with pytest.raises(ValueError, match="is missing"):
         run_training(config, tmp_path / "fresh", ["autoencoder"], only_parts=["decoder"])
+
+
+def test_instruct_keeps_the_queries_when_the_recipe_freezes_them(model, tmp_path):
+    """`generation_train_queries: false` holds in the instruct stage too, even on a pipeline loaded with trainable
+    queries (as `--stage instruct` alone loads it); the DiT still learns."""
+    model.backbone.queries.requires_grad_(True)
+    queries = model.backbone.queries.detach().clone()
+    dit = {k: v.clone() for k, v in model.generator.state_dict().items()}
+    train(InstructTask(model, train_queries=False), LoopConfig(steps=3, batch_size=BATCH, warmup_steps=1),
+          tmp_path / "instruct", progress=False)
+    assert torch.equal(queries, model.backbone.queries)
+    assert any(not torch.equal(v, dit[k]) for k, v in model.generator.state_dict().items())

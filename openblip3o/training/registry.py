@@ -80,7 +80,8 @@ def _make_instruct(ctx: StageContext) -> InstructTask:
         else:
             scores = tag_scores(ctx.pipe, config.seed, ctx.scorers)
             ctx.log(f"instruct: probe scores {scores}")
-    return InstructTask(ctx.model, config.seed, scores, lora_rank=config.instruct_lora_rank, data=config.instruct_data)
+    return InstructTask(ctx.model, config.seed, scores, lora_rank=config.instruct_lora_rank, data=config.instruct_data,
+                        train_queries=config.generation_train_queries)
 
 
 def _finish_instruct(task: InstructTask, ctx: StageContext, result: dict, out_dir: Path) -> dict:

@@ -3,8 +3,8 @@
 The set is either a folder made by `openblip3o curate` (prompt + image shards; at mini scale `--backend render`
 draws each prompt exactly), or, without one, the same recipe on the fly: GenEval-style prompts of the training
 split, each rendered exactly, drawn per tag with weight (1 - score) from the last evaluation (BLIP3o-60k targeted
-the base model's weak areas the same way). Full fine-tuning of queries + DiT, or LoRA on the DiT's attention
-through `peft`.
+the base model's weak areas the same way). Full fine-tuning of queries + DiT (the queries only when the generation
+stage trains them too: `train_queries`), or LoRA on the DiT's attention through `peft`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ class InstructTask:
     name = "instruct"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0,
-                 data: str | None = None):
+                 data: str | None = None, train_queries: bool = True):
+        """train_queries: False keeps the learnable queries as the generation stage left them, as
+        `generation_train_queries: false` does there; set explicitly, since a pipeline loaded for this stage alone
+        has them trainable (measured at mini scale: trained here, they took the condition's colour pair difference
+        from 0.33 to 0.15)."""
         self.model, self.seed, self.scores = model, seed, scores
         self.curated = load_curated(data) if data is not None else None
         self.weights = tag_weights(scores)
@@ -45,6 +49,7 @@ class InstructTask:
         self.prompts = PromptSampler("train")
         self.lora_rank = lora_rank
         model.backbone.set_backbone_trainable(False)
+        model.backbone.queries.requires_grad_(train_queries)
         if lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
