@@ -64,15 +64,26 @@ def reconstruct(
     steps: int = typer.Option(None, help="Decoder steps (default: the model's)."),
     guidance: float = typer.Option(None, help="Decoder guidance (default: the model's)."),
     batch_size: int = typer.Option(100, help="Scenes per batch."),
-    seed: int = typer.Option(0, help="Held-out world seed."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: fully_correct, count, colour, shape, position, scenes."),
+    seed: int = typer.Option(0, help="Held-out world seed (with --metadata: the placement seed of `data render`)."),
+    metadata: Path = typer.Option(None, help="A ShapesWorld GenEval metadata file: score the reconstructions of "
+                                  "its ground-truth renders by GenEval's rules, per tag (the autoencoder's ceiling)."),
+    n_samples: int = typer.Option(1, help="With --metadata: renders per prompt."),
+    round_trip: bool = typer.Option(True, "--round-trip/--raw-tokens", help="With --metadata: pass the tokens "
+                                    "through the generator's target space first (what the DiT can at best produce)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: fully_correct, count, colour, shape, "
+                                 "position, scenes; with --metadata, GenEval's summary (overall, tags, images) "
+                                 "plus ground_truth and round_trip."),
 ):
-    """Prove the autoencoder alone: held-out scenes -> 64 target tokens -> pixels, scored by rule."""
+    """Prove the autoencoder alone: held-out scenes -> 64 target tokens -> pixels, scored by rule; with --metadata,
+    per GenEval tag on ground-truth renders of its prompts (compare with `eval score` of generated images)."""
     from ..evaluation.reconstruct import SCORE_KEYS, reconstruct_heldout
     from ..inference.pipeline import BLIP3oPipeline
 
-    if num < 1:
-        raise ValueError("--num must be at least 1")
+    if num < 1 or n_samples < 1:
+        raise ValueError("--num and --n-samples must be at least 1")
+    if metadata is not None:
+        return _reconstruct_geneval(model, metadata, n_samples, steps, guidance, batch_size, seed, round_trip,
+                                    as_json)
     pipe = BLIP3oPipeline.from_pretrained(model)
     sampling = _sampling(None, None, steps, guidance).resolved(pipe.config)
     scores = reconstruct_heldout(pipe, num=num, batch_size=batch_size, seed=seed,
@@ -84,6 +95,30 @@ def reconstruct(
         for key in SCORE_KEYS:
             typer.echo(f"{key:<14} {scores[key]:.4f}")
         typer.echo(f"{'scenes':<14} {scores['scenes']}")
+
+
+def _reconstruct_geneval(model, metadata, n_samples, steps, guidance, batch_size, seed, round_trip, as_json):
+    from tqdm.auto import tqdm
+
+    from ..evaluation.geneval.ceiling import autoencoder_ceiling
+    from ..evaluation.geneval.layout import read_metadata_file
+    from ..inference.pipeline import BLIP3oPipeline
+
+    records = read_metadata_file(metadata)
+    pipe = BLIP3oPipeline.from_pretrained(model)
+    sampling = _sampling(None, None, steps, guidance).resolved(pipe.config)
+    with tqdm(total=len(records) * n_samples, desc="reconstructing", unit="img") as bar:
+        summary = autoencoder_ceiling(pipe, records, n_samples=n_samples, seed=seed,
+                                      num_inference_steps=sampling.decoder_num_inference_steps,
+                                      guidance_scale=sampling.decoder_guidance_scale, round_trip=round_trip,
+                                      batch_size=batch_size, progress=bar.update)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    for tag, score in summary["tags"].items():
+        typer.echo(f"{tag:<14} {score:.4f}")
+    typer.echo(f"{'overall':<14} {summary['overall']:.4f}  ({summary['images']} images; ground truth "
+               f"{summary['ground_truth']:.4f})")
 
 
 # --- benchmark generation and scoring: GenEval, DPG-Bench, WISE, held-out VQA --------------------------------------
@@ -270,6 +305,25 @@ def condition(
     typer.echo(f"generator  prompt swap {generator['prompt_swap']:.4f}   "
                f"zero condition {generator['zero_condition']:.4f}")
     typer.echo(f"({report['prompts']} prompts through the backbone)")
+
+
+@app.command()
+@user_errors
+def binding(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(48, "--num", help="Prompt pairs per kind."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the pairs and the generator's noise."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: generator, condition, pairs."),
+):
+    """Does the DiT bind words to objects? Its reaction to prompts of the same words rearranged (colours exchanged
+    between objects, objects exchanged around a relation) beside a one-word change."""
+    from ..evaluation.binding import binding_report, format_binding
+
+    if num < 1 or batch_size < 1:
+        raise ValueError("--num and --batch-size must be at least 1")
+    report = binding_report(_pipeline(model), num=num, seed=seed, batch_size=batch_size)
+    typer.echo(json.dumps(report) if as_json else format_binding(report))
 
 
 @app.command()
