@@ -130,6 +130,7 @@ DECODER_CFG_OPT = typer.Option(None, "--decoder-cfg", help="Diffusion-decoder gu
 BATCH_OPT = typer.Option(16, "--batch-size", help="Images per generation batch.")
 SEED_OPT = typer.Option(42, "--seed", help="Sample j of every prompt starts from seed + j (WISE: every image from seed).")
 MINI = "mini"
+PAIR_BATCH_OPT = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch.")
 
 
 def _sampling(steps, cfg, decoder_steps, decoder_cfg):
@@ -284,7 +285,7 @@ def condition(
     model: str = MODEL_OPT,
     num: int = typer.Option(256, "--num", help="About how many prompts per probe (all of a smaller prompt space)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the prompt split, the pair samples and the generator's noise."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch."),
+    batch_size: int = PAIR_BATCH_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one object: probe, pair_difference, generator, prompts."),
 ):
     """How much of the prompt the generator's condition carries: linear probes, pair differences, DiT sensitivity."""
@@ -313,7 +314,7 @@ def binding(
     model: str = MODEL_OPT,
     num: int = typer.Option(48, "--num", help="Prompt pairs per kind."),
     seed: int = typer.Option(0, "--seed", help="Seeds the pairs and the generator's noise."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch."),
+    batch_size: int = PAIR_BATCH_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one object: generator, condition, pairs."),
 ):
     """Does the DiT bind words to objects? Its reaction to prompts of the same words rearranged (colours exchanged
