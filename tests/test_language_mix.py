@@ -142,6 +142,7 @@ def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
     lines = []
     row = prompt_check(model, step=7, scorers=scorers(), out_dir=tmp_path, log=lines.append)
     assert row["prompt_blind"] and row["prompt_swap"] == 0.0 and row["zero_condition"] > 0
+    assert row["attribute_swap"] == 0.0 and "attribute_swap 0.0000" in lines[0]
     assert "PROMPT-BLIND" in lines[0]
     assert (tmp_path / CHECK_FILE).read_text().count('"step": 7') == 1
     # The same model reading its prompt is not flagged.

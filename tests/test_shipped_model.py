@@ -16,6 +16,7 @@ from openblip3o import BLIP3oPipeline
 from openblip3o.data.shapes import ShapesWorld, evaluation_set
 from openblip3o.data.shapes.prompts import record
 from openblip3o.evaluation.geneval.detector import detect, foreground_colour
+from openblip3o.evaluation.binding import binding_report
 from openblip3o.evaluation.geneval.ceiling import autoencoder_ceiling
 from openblip3o.evaluation.reconstruct import reconstruct_heldout
 from openblip3o.evaluation.vqa import vqa_heldout
@@ -31,6 +32,8 @@ MIN_TOWER_SHAPE = {"eval": 0.68, "heldout": 0.55}
 RECON_SCENES, MIN_RECON = 24, 0.5
 # eval reconstruct --metadata: single-object prompts through the DiT's target space (shipped 0.91 on all 80)
 CEILING_PROMPTS, MIN_CEILING = 8, 6 / 8
+# eval binding: exchanging two objects' colours should move the DiT at least this share of what one new colour does
+BINDING_PAIRS, MIN_BINDING_SHARE = 8, 0.25
 CHAIN_PROBE_SCENES, MIN_TOKEN_WORDS = 300, 0.9  # eval chain, tokens link (chance 1/6 shape, 1/8 colour)
 # eval chain, image link: the shape the detector reads in the decoded image (shipped 0.79 at 2 seeds; 0.21 with the
 # decoder trained on exact tokens only)
@@ -69,6 +72,14 @@ def test_draws_single_objects_back_from_the_dit_target_space(shipped):
     result = autoencoder_ceiling(shipped, singles, batch_size=CEILING_PROMPTS)
     assert result["round_trip"] and result["ground_truth"] == 1.0
     assert result["tags"]["single_object"] >= MIN_CEILING, result
+
+
+@pytest.mark.xfail(strict=True, reason="known limit (README, 'Where GenEval is lost'): the shipped DiT reads its "
+                   "prompt as a bag of words (eval binding: attribute_swap 0.002 against attribute_change 0.18); "
+                   "a model that binds colours to objects makes this pass, and then the marker must go")
+def test_binds_colours_to_objects(shipped):
+    generator = binding_report(shipped, num=BINDING_PAIRS)["generator"]
+    assert generator["attribute_swap"] >= MIN_BINDING_SHARE * generator["attribute_change"], generator
 
 
 def test_reconstructs_held_out_scenes(shipped):

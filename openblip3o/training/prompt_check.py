@@ -7,6 +7,10 @@ Every `sample_every` steps of generation training (and at its end) the stage mea
     prompt-blind model draws one image for all of them and scores about 1 / len(CHECK_COLOURS);
   - `drawn_colour_accuracy` (with `scorers.colour`): the share of those images drawn in the asked colour, whatever
     their shape: colour words apart from shape fidelity.
+  - `attribute_swap`: the DiT's output change between prompts of the same words with two objects' colours exchanged
+    ("a red cross and a blue star" / "a blue cross and a red star"); near 0 beside `prompt_swap`, the DiT reads its
+    prompt as a bag of words and cannot bind colours to objects (`openblip3o eval binding` measures it at length:
+    the model shipped on 2026-12-04 had 0.002 against a one-colour change's 0.18).
 A run whose condition stays prompt-blind says so in its log and summary (`prompt_blind: true`) instead of finishing
 silently (the model shipped on 2026-12-02 had prompt_swap 0.0013 and drew one image per seed for every prompt).
 The scorers come from the caller (`checks.Scorers`): training imports nothing from evaluation.
@@ -32,6 +36,13 @@ CHECK_PAIRS: tuple[tuple[str, str], ...] = (
     ("a photo of a circle", "a photo of four circles"),
     ("a photo of a circle left of a cross", "a photo of a circle right of a cross"),
     ("a photo of a square above a star", "a photo of a square below a star"),
+)
+# Prompt pairs of the same words, two objects' colours exchanged: binding, not words.
+BINDING_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a photo of a red cross and a blue star", "a photo of a blue cross and a red star"),
+    ("a photo of a green circle and a yellow square", "a photo of a yellow circle and a green square"),
+    ("a photo of a purple triangle and an orange diamond", "a photo of an orange triangle and a purple diamond"),
+    ("a photo of a white star and a pink circle", "a photo of a pink star and a white circle"),
 )
 CHECK_COLOURS: tuple[str, ...] = COLORS  # every colour of the world, each once
 CHECK_SHAPE = "circle"  # every colour is seen with circles in training
@@ -66,11 +77,12 @@ def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None 
     model.eval()
     try:
         sensitivity = scorers.sensitivity(model, list(CHECK_PAIRS), seed=CHECK_SEED)
+        binding = scorers.sensitivity(model, list(BINDING_PAIRS), seed=CHECK_SEED)["prompt_swap"]
         records = colour_records()
         accuracy, images = colour_accuracy(model, records, scorers)
     finally:
         model.train(was_training)
-    row = {"step": step, **sensitivity, "colour_accuracy": accuracy,
+    row = {"step": step, **sensitivity, "attribute_swap": binding, "colour_accuracy": accuracy,
            "prompt_blind": sensitivity["prompt_swap"] < PROMPT_BLIND_SWAP}
     drawn = ""
     if scorers.colour is not None:
@@ -84,5 +96,6 @@ def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None 
             handle.write(json.dumps(row) + "\n")
     verdict = "PROMPT-BLIND: the output does not depend on the prompt" if row["prompt_blind"] else "follows the prompt"
     log(f"prompt check at step {step}: prompt_swap {row['prompt_swap']:.4f}, zero_condition "
-        f"{row['zero_condition']:.4f}, colour accuracy {accuracy:.2f} by rule{drawn} ({verdict})")
+        f"{row['zero_condition']:.4f}, attribute_swap {binding:.4f}, colour accuracy {accuracy:.2f} by rule{drawn} "
+        f"({verdict})")
     return row
