@@ -26,7 +26,14 @@ import torch
 
 from ..data.shapes.prompts import record
 from ..data.shapes.world import COLORS, RELATIONS, SHAPES
-from .condition import _model, condition_states, generator_sensitivity, pair_difference, query_part
+from .condition import (
+    _model,
+    _relation_prompt,
+    condition_states,
+    generator_sensitivity,
+    pair_difference,
+    query_part,
+)
 
 BINDING_KINDS: tuple[str, ...] = ("attribute_swap", "attribute_change", "order_swap", "relation_change")
 
@@ -34,11 +41,6 @@ BINDING_KINDS: tuple[str, ...] = ("attribute_swap", "attribute_change", "order_s
 def _two_colour_prompt(color_a: str, shape_a: str, color_b: str, shape_b: str) -> str:
     return record("color_attr", [{"class": shape_a, "count": 1, "color": color_a},
                                  {"class": shape_b, "count": 1, "color": color_b}])["prompt"]
-
-
-def _relation_prompt(a: str, relation: str, b: str) -> str:
-    """"a photo of a A relation a B" (GenEval's position record: B is group 0, A carries the position)."""
-    return record("position", [{"class": b, "count": 1}, {"class": a, "count": 1, "position": [relation, 0]}])["prompt"]
 
 
 def binding_pairs(kind: str, num: int, rng: random.Random) -> list[tuple[str, str]]:

@@ -18,12 +18,9 @@ from ...data.shapes.render import render_scene
 from ...data.shapes.sampler import realise
 from ...data.shapes.world import WorldConfig
 from ...utils.images import to_pil
+from ..condition import _eval_mode, _model
 from .groundtruth import sample_rng
 from .score import score_image, summarize
-
-
-def _model(pipe_or_model):
-    return getattr(pipe_or_model, "model", pipe_or_model)
 
 
 @torch.no_grad()
@@ -41,9 +38,7 @@ def autoencoder_ceiling(pipe_or_model, records: list[dict], n_samples: int = 1, 
     world = WorldConfig()
     jobs = [(i, j, rec) for i, rec in enumerate(records) for j in range(n_samples)]
     rows, truth_rows = [], []
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for first in range(0, len(jobs), batch_size):
             chunk = jobs[first:first + batch_size]
             renders = [render_scene(realise(rec, sample_rng(seed, i, j), world), world) for i, j, rec in chunk]
@@ -59,8 +54,6 @@ def autoencoder_ceiling(pipe_or_model, records: list[dict], n_samples: int = 1, 
                 truth_rows.append({"tag": rec["tag"], "correct": score_image(rec, render)[0]})
             if progress is not None:
                 progress(len(chunk))
-    finally:
-        model.train(was_training)
     return summarize(rows) | {"ground_truth": summarize(truth_rows)["overall"], "round_trip": round_trip}
 
 
