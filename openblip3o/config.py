@@ -48,6 +48,12 @@ class BackboneConfig:
     # language model made of them. BLIP3-o: False (queries only). Measured on the mini backbone, a fresh DiT at 500
     # steps drew 0.44 of 16 colour prompts right with both vs 0.25 from the query states alone (README).
     condition_embeddings: bool = False
+    # Where the word part comes from: 0 = the input token embeddings (no context: a prompt and its words rearranged
+    # look alike, so the DiT reads a bag of words), k = the states after language layer k, -1 = the final states
+    # after the norm. In the causal model a noun's state has read the words before it, so "red" is bound to the
+    # "cross" it precedes. Measured on the mini model (600 steps from the embedding-conditioned DiT): exchanging two
+    # objects' colours moved the DiT's output 0.057 with the final states against 0.003 with embeddings (README).
+    condition_word_layer: int = 0
     freeze: bool = True  # generation training keeps the backbone frozen (sequential recipe)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
 
-from openblip3o.config import BackboneConfig
+from openblip3o.config import BackboneConfig, ConfigError
 from openblip3o.data.shapes.examples import ShapesWorld
 from openblip3o.models.backbone import QUERIES_FILE, Backbone, BackboneLoadError
 from openblip3o.models.qwen_setup import qwen_config
@@ -238,6 +238,29 @@ def test_condition_embeddings_put_the_template_words_before_the_queries(tmp_path
         assert torch.equal(loaded.condition(PROMPTS[:3])[0], cond)
     with pytest.raises(BackboneLoadError, match="word_projector"):
         Backbone.from_pretrained(tmp_path / "words", make_cfg())
+
+
+@pytest.mark.parametrize("layer", [2, -1])
+def test_condition_word_layer_binds_each_word_to_those_before_it(layer):
+    """Input embeddings (layer 0) make a prompt and its colours exchanged the same bag of word rows; the language
+    model's states at a layer (the `condition_word_layer` lever against bag-of-words binding) tell them apart at
+    the words after the first change, and leave the query part and everything before it as it was."""
+    torch.manual_seed(0)
+    flat = Backbone.from_config(make_cfg(condition_embeddings=True)).eval()
+    deep = Backbone.from_config(make_cfg(condition_embeddings=True, condition_word_layer=layer)).eval()
+    deep.load_state_dict(flat.state_dict())
+    pair = ["a photo of a red cross and a blue star", "a photo of a blue cross and a red star"]
+    with torch.no_grad():
+        (flat_a, flat_b), (deep_a, deep_b) = flat.condition(pair)[0], deep.condition(pair)[0]
+    words = slice(0, -NUM_QUERIES)
+    unmatched = torch.cdist(flat_a[words], flat_b[words]).min(dim=1).values  # each row's nearest row of the other
+    assert unmatched.max() < 1e-5  # the same rows, rearranged
+    changed = (deep_a[words] - deep_b[words]).norm(dim=-1).gt(1e-4)
+    first = int(changed.nonzero()[0])  # "red" / "blue": nothing before it differs, every word after it does
+    assert not changed[:first].any() and changed[first:].all()
+    assert torch.allclose(deep_a[-NUM_QUERIES:], flat_a[-NUM_QUERIES:], atol=1e-6)  # the query part is unchanged
+    with pytest.raises(ConfigError, match="condition_word_layer"):
+        Backbone.from_config(make_cfg(condition_embeddings=True, condition_word_layer=99))
 
 
 def test_gradients_reach_queries(backbone):

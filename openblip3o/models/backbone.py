@@ -3,7 +3,8 @@
 Two paths share one model:
   generation     prompts -> `generation_inputs` (queries last) -> base model (no lm_head) -> final-norm states at the
                  N query positions -> projector -> condition (B, N, D) for the DiT (with `condition_embeddings`, the
-                 template's input token embeddings go first: (B, L, D), L = template length).
+                 template's words go first: their input embeddings or, with `condition_word_layer`, the language
+                 model's states at their positions: (B, L, D), L = template length).
   understanding  images + questions -> `understanding_inputs` -> `generate` (greedy) -> answers; or a CE loss.
 """
 
@@ -62,7 +63,7 @@ class Backbone(nn.Module):
         processor: `BackboneProcessor` (image processor + tokenizer).
         queries: (1, N, hidden) parameter, standard-normal init (BLIP3-o).
         projector: Linear(hidden, hidden) or Identity, maps query states to the condition.
-        word_projector: Linear(hidden, D) for the template's token embeddings, or None (see `condition_embeddings`).
+        word_projector: Linear(hidden, D) for the template's words, or None (see `condition_embeddings`).
     """
 
     def __init__(self, cfg: BackboneConfig, model: Qwen2_5_VLForConditionalGeneration, tokenizer, image_processor):
@@ -74,6 +75,10 @@ class Backbone(nn.Module):
             raise ConfigError("the backbone's tokenizer has no chat template (the prompt template needs Qwen's ChatML)")
         if len(tokenizer) > vocab_size:
             raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {vocab_size}")
+        layers = model.config.text_config.num_hidden_layers
+        if not -1 <= cfg.condition_word_layer <= layers:
+            raise ConfigError(f"backbone.condition_word_layer: {cfg.condition_word_layer} is not in [-1, {layers}] "
+                              f"(0 = input embeddings, k = after language layer k, -1 = final states)")
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
@@ -220,15 +225,16 @@ class Backbone(nn.Module):
                            attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`condition` on token ids already in the generation template (what `generation_ids` returns).
 
-        With `condition_embeddings` the template's token embeddings (unit RMS, `word_projector`) precede the query
-        part: (B, L, D) and the (B, L) mask, padding masked.
+        With `condition_embeddings` the template's words (unit RMS, `word_projector`) precede the query part: (B, L, D)
+        and the (B, L) mask, padding masked. The words are the input embeddings (`condition_word_layer` 0) or the
+        language model's states at their positions, from the same forward pass as the query states.
         """
-        states, mask = self.query_states_from_ids(input_ids, attention_mask)
+        word_layer = self.cfg.condition_word_layer if self.word_projector is not None else None
+        states, mask, words = self._generation_forward(input_ids, attention_mask, word_layer)
         condition = self.projector(self.condition_norm(states))  # (B, N, D)
-        if self.word_projector is None:
+        if words is None:
             return condition, mask
-        words = self.model.get_input_embeddings()(input_ids[:, :-self.num_queries]).to(condition.dtype)
-        words = F.rms_norm(words, words.shape[-1:], eps=RMS_EPS)  # (B, L - N, hidden), unit RMS per token
+        words = F.rms_norm(words.to(condition.dtype), words.shape[-1:], eps=RMS_EPS)  # (B, L - N, hidden), unit RMS
         return (torch.cat([self.word_projector(words), condition], dim=1),
                 torch.cat([attention_mask[:, :-self.num_queries], mask], dim=1))
 
@@ -243,7 +249,13 @@ class Backbone(nn.Module):
 
     def query_states_from_ids(self, input_ids: torch.Tensor,
                               attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders.
+        """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders."""
+        states, mask, _ = self._generation_forward(input_ids, attention_mask, None)
+        return states, mask
+
+    def _generation_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_layer: int | None):
+        """One forward pass of the generation template -> query states (B, N, hidden), their (B, N) mask, and the
+        states of the words before the queries at `word_layer` ((B, L - N, hidden); 0 = input embeddings) or None.
 
         Runs the base model only (`self.model.model`: no lm_head, no vocabulary logits). Position ids count only real
         tokens, so a left-padded row gets the positions it would have alone (transformers would otherwise number the
@@ -256,16 +268,24 @@ class Backbone(nn.Module):
         queries = self.queries.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)  # (B, N, hidden)
         embeds = torch.cat([embeds[:, :-n], queries], dim=1)  # the placeholders' rows become the queries
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L); padding is masked anyway
+        inner = word_layer not in (None, 0, -1)
         out = self.model.model(
             input_ids=None,
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
+            output_hidden_states=inner,
         )
         states = out.last_hidden_state[:, -n:].to(self.queries.dtype)  # (B, N, hidden), after the final RMSNorm
         # The norm and projector keep the queries' dtype (float32) even when the model runs in bf16.
-        return states, attention_mask[:, -n:]
+        if word_layer is None:
+            words = None
+        elif word_layer == 0:
+            words = embeds[:, :-n]
+        else:
+            words = (out.hidden_states[word_layer] if inner else out.last_hidden_state)[:, :-n]
+        return states, attention_mask[:, -n:], words
 
     @torch.no_grad()
     def fit_condition_norm(self, prompt_batches) -> None:
