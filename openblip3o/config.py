@@ -55,6 +55,14 @@ class BackboneConfig:
     # exchanging two objects' colours moved the DiT 0.041 against 0.002, but unseen colour-shape pairs were drawn
     # worse (held-out colours 0.32 against 0.59), so the mini preset keeps 0 (README, "A word part that binds").
     condition_word_layer: int = 0
+    # A second word part after the first: the language model's states after this layer (k >= 1, or -1 = final),
+    # through a projection of its own (`state_projector`). None = one word part. The embeddings keep the colours of
+    # unseen colour-shape pairs, the states bind each colour to its object (see `condition_word_dropout`).
+    condition_state_layer: int | None = None
+    # Share of training rows whose first word part is zeroed and masked (training only): without it the DiT reads
+    # the bag of embeddings and leaves the binding states unused. Measured on the mini model (2,000 steps from the
+    # shipped DiT, layer 2, 0.5): held-out GenEval x 1 0.429 against 0.330, colours exchanged 0.022 against 0.002.
+    condition_word_dropout: float = 0.0
     freeze: bool = True  # generation training keeps the backbone frozen (sequential recipe)
 
 

@@ -263,6 +263,53 @@ def test_condition_word_layer_binds_each_word_to_those_before_it(layer):
         Backbone.from_config(make_cfg(condition_embeddings=True, condition_word_layer=99))
 
 
+def test_condition_state_layer_follows_the_words_and_word_dropout_hides_them_in_training_only(tmp_path):
+    """`condition_state_layer` appends the states at a layer (own projector) after the embedding part; with
+    `condition_word_dropout` a training row loses its whole embedding part (zeroed and masked), never the states or
+    the queries, and an eval row never does."""
+    torch.manual_seed(0)
+    flat = Backbone.from_config(make_cfg(condition_embeddings=True)).eval()
+    deep = Backbone.from_config(make_cfg(condition_embeddings=True, condition_word_layer=1)).eval()
+    both = Backbone.from_config(make_cfg(condition_embeddings=True, condition_state_layer=1,
+                                         condition_word_dropout=0.5)).eval()
+    deep.load_state_dict(flat.state_dict())
+    both.load_state_dict(flat.state_dict(), strict=False)
+    both.state_projector.load_state_dict(flat.word_projector.state_dict())
+    ids, id_mask = both.generation_ids(PROMPTS[:3])
+    words = ids.shape[1] - NUM_QUERIES
+    with torch.no_grad():
+        cond, mask = both.condition(PROMPTS[:3])
+        flat_cond, deep_cond = flat.condition(PROMPTS[:3])[0], deep.condition(PROMPTS[:3])[0]
+    assert cond.shape == (3, 2 * words + NUM_QUERIES, both.condition_dim)
+    assert torch.equal(mask, torch.cat([id_mask[:, :words], id_mask], dim=1))
+    assert torch.allclose(cond[:, :words], flat_cond[:, :words], atol=1e-6)  # the embeddings
+    assert torch.allclose(cond[:, words:], deep_cond, atol=1e-5)  # then the layer-1 states and the queries
+    batch = ["a photo of a red cross and a blue star"] * 64
+    with torch.no_grad():
+        assert torch.equal(both.condition(batch)[0], both.condition(batch)[0])  # eval: nothing dropped
+        both.train()
+        dropped, dropped_mask = both.condition(batch)
+        both.eval()
+    words = (dropped.shape[1] - NUM_QUERIES) // 2
+    hidden = dropped_mask[:, :words].sum(dim=1) == 0
+    assert 10 < int(hidden.sum()) < 54  # about half of 64 rows
+    assert dropped[hidden, :words].abs().max() == 0 and dropped[~hidden, :words].abs().amin(dim=-1).gt(0).any()
+    assert bool(dropped_mask[:, words:].all())  # the states and queries of every row stay
+    # Saved and loaded with both projectors; a checkpoint without the state projector is refused.
+    both.save_pretrained(tmp_path / "both")
+    loaded = Backbone.from_pretrained(tmp_path / "both", both.cfg).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.condition(PROMPTS[:3])[0], cond)
+    with pytest.raises(BackboneLoadError, match="state_projector"):
+        Backbone.from_pretrained(tmp_path / "both", make_cfg(condition_embeddings=True))
+    for bad in (dict(condition_state_layer=1), dict(condition_embeddings=True, condition_state_layer=0),
+                dict(condition_embeddings=True, condition_state_layer=9)):
+        with pytest.raises(ConfigError, match="condition_state_layer"):
+            Backbone.from_config(make_cfg(**bad))
+    with pytest.raises(ConfigError, match="condition_word_dropout"):
+        Backbone.from_config(make_cfg(condition_embeddings=True, condition_word_dropout=1.0))
+
+
 def test_gradients_reach_queries(backbone):
     backbone.zero_grad()
     cond, _ = backbone.condition(PROMPTS[:2])

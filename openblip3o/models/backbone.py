@@ -39,6 +39,7 @@ QUERIES_KEY = "queries"
 PROJECTOR_PREFIX = "projector."
 CONDITION_NORM_PREFIX = "condition_norm."
 WORD_PROJECTOR_PREFIX = "word_projector."
+STATE_PROJECTOR_PREFIX = "state_projector."
 RMS_EPS = 1e-6  # unit-RMS scaling of the token embeddings in the condition
 WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # single file or sharded
 # What `save_pretrained` writes and `from_pretrained` requires (one of WEIGHTS_FILES as well).
@@ -64,6 +65,7 @@ class Backbone(nn.Module):
         queries: (1, N, hidden) parameter, standard-normal init (BLIP3-o).
         projector: Linear(hidden, hidden) or Identity, maps query states to the condition.
         word_projector: Linear(hidden, D) for the template's words, or None (see `condition_embeddings`).
+        state_projector: Linear(hidden, D) for the second word part, or None (see `condition_state_layer`).
     """
 
     def __init__(self, cfg: BackboneConfig, model: Qwen2_5_VLForConditionalGeneration, tokenizer, image_processor):
@@ -79,6 +81,13 @@ class Backbone(nn.Module):
         if not -1 <= cfg.condition_word_layer <= layers:
             raise ConfigError(f"backbone.condition_word_layer: {cfg.condition_word_layer} is not in [-1, {layers}] "
                               f"(0 = input embeddings, k = after language layer k, -1 = final states)")
+        state_layer = cfg.condition_state_layer
+        if state_layer is not None and (not cfg.condition_embeddings or state_layer == 0
+                                        or not -1 <= state_layer <= layers):
+            raise ConfigError(f"backbone.condition_state_layer: {state_layer} needs condition_embeddings and a layer "
+                              f"in 1..{layers} or -1 (the states after that language layer, or the final states)")
+        if not 0.0 <= cfg.condition_word_dropout < 1.0:
+            raise ConfigError(f"backbone.condition_word_dropout: {cfg.condition_word_dropout} is not in [0, 1)")
         self.cfg = cfg
         self.model = model
         self.tokenizer = tokenizer
@@ -90,6 +99,7 @@ class Backbone(nn.Module):
         self.queries = nn.Parameter(queries)
         self.projector = nn.Linear(hidden, hidden) if cfg.projector == "linear" else nn.Identity()
         self.word_projector = nn.Linear(hidden, hidden) if cfg.condition_embeddings else None
+        self.state_projector = nn.Linear(hidden, hidden) if state_layer is not None else None
         # Per (query, channel) statistics over training captions, fitted once (see condition_norm.py).
         self.condition_norm = (
             ConditionStandardizer(cfg.num_queries, hidden, cfg.condition_norm_momentum) if cfg.condition_norm == "standardize" else nn.Identity()
@@ -170,8 +180,16 @@ class Backbone(nn.Module):
 
     def _condition_modules(self) -> list[tuple[str, nn.Module]]:
         """(key prefix, module) of what `queries.safetensors` holds beside the queries."""
-        modules = [(PROJECTOR_PREFIX, self.projector), (CONDITION_NORM_PREFIX, self.condition_norm)]
-        return modules + ([(WORD_PROJECTOR_PREFIX, self.word_projector)] if self.word_projector is not None else [])
+        modules = [(PROJECTOR_PREFIX, self.projector), (CONDITION_NORM_PREFIX, self.condition_norm),
+                   (WORD_PROJECTOR_PREFIX, self.word_projector), (STATE_PROJECTOR_PREFIX, self.state_projector)]
+        return [(prefix, module) for prefix, module in modules if module is not None]
+
+    def _word_parts(self) -> list[tuple[int, nn.Linear]]:
+        """(layer, projector) of each word part, in condition order: none, the words, or the words then the states."""
+        parts = [] if self.word_projector is None else [(self.cfg.condition_word_layer, self.word_projector)]
+        if self.state_projector is not None:
+            parts.append((self.cfg.condition_state_layer, self.state_projector))
+        return parts
 
     def _queries_state(self) -> dict[str, torch.Tensor]:
         state = {QUERIES_KEY: self.queries}
@@ -227,16 +245,24 @@ class Backbone(nn.Module):
 
         With `condition_embeddings` the template's words (unit RMS, `word_projector`) precede the query part: (B, L, D)
         and the (B, L) mask, padding masked. The words are the input embeddings (`condition_word_layer` 0) or the
-        language model's states at their positions, from the same forward pass as the query states.
+        language model's states at their positions, from the same forward pass as the query states. With
+        `condition_state_layer` a second word part (`state_projector`) follows the first: (B, 2 L - N, D). In training
+        `condition_word_dropout` of the rows have their first word part zeroed and masked.
         """
-        word_layer = self.cfg.condition_word_layer if self.word_projector is not None else None
-        states, mask, words = self._generation_forward(input_ids, attention_mask, word_layer)
+        parts = self._word_parts()
+        states, mask, words = self._generation_forward(input_ids, attention_mask, [layer for layer, _ in parts])
         condition = self.projector(self.condition_norm(states))  # (B, N, D)
-        if words is None:
+        if not parts:
             return condition, mask
-        words = F.rms_norm(words.to(condition.dtype), words.shape[-1:], eps=RMS_EPS)  # (B, L - N, hidden), unit RMS
-        return (torch.cat([self.word_projector(words), condition], dim=1),
-                torch.cat([attention_mask[:, :-self.num_queries], mask], dim=1))
+        word_mask = attention_mask[:, :-self.num_queries]  # (B, L - N)
+        rows = [projector(F.rms_norm(part.to(condition.dtype), part.shape[-1:], eps=RMS_EPS))  # unit RMS in
+                for (_, projector), part in zip(parts, words)]
+        masks = [word_mask] * len(rows)
+        if self.training and self.cfg.condition_word_dropout > 0:
+            keep = torch.rand(word_mask.shape[0], 1, device=word_mask.device) >= self.cfg.condition_word_dropout
+            rows[0] = rows[0] * keep.unsqueeze(-1).to(rows[0].dtype)
+            masks[0] = word_mask * keep.to(word_mask.dtype)
+        return torch.cat([*rows, condition], dim=1), torch.cat([*masks, mask], dim=1)
 
     def generation_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """B prompts in THE generation template, left padded, queries last: (B, L) ids and mask on this device."""
@@ -250,12 +276,13 @@ class Backbone(nn.Module):
     def query_states_from_ids(self, input_ids: torch.Tensor,
                               attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders."""
-        states, mask, _ = self._generation_forward(input_ids, attention_mask, None)
+        states, mask, _ = self._generation_forward(input_ids, attention_mask, [])
         return states, mask
 
-    def _generation_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_layer: int | None):
-        """One forward pass of the generation template -> query states (B, N, hidden), their (B, N) mask, and the
-        states of the words before the queries at `word_layer` ((B, L - N, hidden); 0 = input embeddings) or None.
+    def _generation_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_layers: list[int]):
+        """One forward pass of the generation template -> query states (B, N, hidden), their (B, N) mask, and for
+        each of `word_layers` the states of the words before the queries ((B, L - N, hidden); 0 = input embeddings,
+        k = after language layer k, -1 = final states).
 
         Runs the base model only (`self.model.model`: no lm_head, no vocabulary logits). Position ids count only real
         tokens, so a left-padded row gets the positions it would have alone (transformers would otherwise number the
@@ -268,23 +295,19 @@ class Backbone(nn.Module):
         queries = self.queries.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)  # (B, N, hidden)
         embeds = torch.cat([embeds[:, :-n], queries], dim=1)  # the placeholders' rows become the queries
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L); padding is masked anyway
-        inner = word_layer not in (None, 0, -1)
         out = self.model.model(
             input_ids=None,
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,
-            output_hidden_states=inner,
+            output_hidden_states=any(layer not in (0, -1) for layer in word_layers),
         )
         states = out.last_hidden_state[:, -n:].to(self.queries.dtype)  # (B, N, hidden), after the final RMSNorm
         # The norm and projector keep the queries' dtype (float32) even when the model runs in bf16.
-        if word_layer is None:
-            words = None
-        elif word_layer == 0:
-            words = embeds[:, :-n]
-        else:
-            words = (out.hidden_states[word_layer] if inner else out.last_hidden_state)[:, :-n]
+        layer_states = {0: embeds, -1: out.last_hidden_state}
+        words = [(layer_states.get(layer) if layer in (0, -1) else out.hidden_states[layer])[:, :-n]
+                 for layer in word_layers]
         return states, attention_mask[:, -n:], words
 
     @torch.no_grad()

@@ -47,6 +47,8 @@ def component_inventory(config: ModelConfig) -> dict:
         )
         if config.backbone.condition_embeddings:
             components["word_projector"] = torch.nn.Linear(hidden, hidden)
+        if config.backbone.condition_state_layer is not None:
+            components["state_projector"] = torch.nn.Linear(hidden, hidden)
         try:
             encoder = build_target_encoder(config.target, text_vocab_size=vocab, eos_token_id=eos)
             token_dim, latent_dim = encoder.token_dim, encoder.latent_dim

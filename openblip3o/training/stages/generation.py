@@ -85,8 +85,9 @@ def generator_modules(model: BLIP3oModel) -> dict[str, torch.nn.Module]:
     """What generation training optimises: the queries, the projector(s), the condition norm and the DiT."""
     modules = {"queries": QueryHolder(model.backbone), "projector": model.backbone.projector,
                "condition_norm": model.backbone.condition_norm, "generator": model.generator}
-    if model.backbone.word_projector is not None:
-        modules["word_projector"] = model.backbone.word_projector
+    for name in ("word_projector", "state_projector"):
+        if getattr(model.backbone, name) is not None:
+            modules[name] = getattr(model.backbone, name)
     return modules
 
 
