@@ -161,6 +161,24 @@ def test_the_vision_tower_names_the_shape_under_each_object_token(shipped):
     assert result["color"]["eval"] >= 0.95, result
 
 
+def test_the_vision_probe_places_each_object_token_where_its_object_lies(shipped):
+    """The `column` / `row` labels of `eval vision` (does a tower token know where it lies?) are the grid cells the
+    object covers: its centre's cell is among them, and every labelled cell is within the object's reach."""
+    from openblip3o.evaluation.vision_probe import object_tower_tokens
+
+    backbone = shipped.model.backbone
+    cell = backbone.cfg.image_size // backbone.vision_grid  # pixels per merged token
+    for example in [ShapesWorld("eval", 0)[i] for i in range(6)]:
+        _, labels = object_tower_tokens(backbone, [example])
+        places = set(zip(labels["column"].tolist(), labels["row"].tolist()))
+        for thing in example.scene.objects:
+            assert (thing.cx // cell + 1, thing.cy // cell + 1) in places, (thing, places)
+        reach = {(c, r) for thing in example.scene.objects
+                 for c in range((thing.cx - thing.radius) // cell + 1, (thing.cx + thing.radius) // cell + 2)
+                 for r in range((thing.cy - thing.radius) // cell + 1, (thing.cy + thing.radius) // cell + 2)}
+        assert places <= reach, (places - reach)
+
+
 @pytest.mark.parametrize("single, several", [("a photo of a circle", "a photo of four circles"),
                                              ("a photo of a star", "a photo of three stars")])
 def test_a_count_word_changes_the_image_at_the_same_seed(shipped, single, several):

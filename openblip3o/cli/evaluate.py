@@ -351,9 +351,11 @@ def vision(
     model: str = MODEL_OPT,
     num: int = typer.Option(1024, "--num", help="ShapesWorld training scenes the probes are fitted on."),
     num_test: int = typer.Option(256, "--num-test", help="Scenes per test split (eval, heldout)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: {shape|color: {eval, heldout}, train_scenes, test_scenes}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: {shape|color|column|row: {eval, heldout}, train_scenes, "
+                                 "test_scenes}."),
 ):
-    """Does the vision tower see shapes? Linear probes on its merged tokens, object tokens of unseen scenes."""
+    """Does the vision tower see shapes, and where? Linear probes on its merged tokens, object tokens of unseen
+    scenes: shape, colour, and the token's own grid column and row."""
     from ..evaluation.vision_probe import format_vision_probe, vision_probe
 
     if num < 1 or num_test < 1:

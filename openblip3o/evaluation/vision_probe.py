@@ -7,6 +7,10 @@ on the tokens of unseen scenes of seen compositions (`eval`) and of held-out com
 2026-12-04: the shipped patch-4 tower reads shape at 0.73 / 0.54 (colour 1.00), and its held-out shape questions
 score 0.38; a patch-2 tower 0.82 / 0.63, and 0.69. Background tokens, right almost for free, are left out (with them,
 the label heads' log said 0.94).
+
+`column` / `row`: the same probes asked where the token lies on the G x G grid (chance 1/G). Relation questions
+("is the circle left of the square?") need the position, and the Qwen2.5-VL tower has only relative rotary position
+inside its attention, no absolute position embedding: a probe near chance says its tokens do not carry it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from ..data.shapes import ShapesWorld
 from ..data.shapes.render import token_labels
 from .condition import probe_accuracy
 
-KINDS = ("shape", "color")
+KINDS = ("shape", "color", "column", "row")  # labels 1-based (0 = background), as token_labels gives them
 TEST_SPLITS = ("eval", "heldout")
 BATCH = 64
 
@@ -39,6 +43,8 @@ def object_tower_tokens(backbone, examples) -> tuple[torch.Tensor, dict[str, tor
             per_token = token_labels(example.scene, grid)
             covered = per_token["shape"] > 0
             features.append(row[torch.from_numpy(covered)])
+            index = np.arange(grid * grid).reshape(per_token["shape"].shape)  # the token's place, row-major
+            per_token = per_token | {"column": index % grid + 1, "row": index // grid + 1}
             for kind in KINDS:
                 labels[kind].append(torch.from_numpy(per_token[kind][covered].astype(np.int64)))
     return torch.cat(features), {kind: torch.cat(values) for kind, values in labels.items()}
@@ -50,10 +56,10 @@ def _scenes(split: str, seed: int, count: int) -> list:
 
 
 def vision_probe(backbone, num: int = 1024, num_test: int = 256, seed: int = 0) -> dict:
-    """{kind: {split: accuracy}} for shape and colour, plus the scene counts.
+    """{kind: {split: accuracy}} for shape, colour, column and row, plus the scene counts.
 
     Probes are fitted on the object tokens of `num` training scenes and scored on those of `num_test` scenes of each
-    test split (chance: 1/6 for shape, 1/8 for colour).
+    test split (chance: 1/6 for shape, 1/8 for colour, 1/G for column and row).
     """
     was_training = backbone.model.training
     backbone.model.eval()
