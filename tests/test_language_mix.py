@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from openblip3o.config import ConfigError
 from openblip3o.inference.pipeline import BLIP3oPipeline
 from openblip3o.models.template import IGNORE_INDEX, generation_inputs, language_inputs
 from openblip3o.models.tokenizer import GEN_START, token_id
@@ -182,3 +183,31 @@ def test_multi_turn_rows_ask_more_of_the_same_scenes_questions(model):
         assert 1 <= len(follow) <= 2 and (question, answer) not in follow and all(p in pairs for p in follow)
     loss, logs = multi.loss(three, torch.Generator().manual_seed(0))
     assert set(logs) == {"ce"} and torch.isfinite(loss)
+
+
+def test_understanding_can_train_the_vision_tower_alone_leaving_generation_bit_for_bit():
+    """`understanding.trainable: vision`: only the tower (and its merger) learn; the language model, and so the
+    generation path, which reads text only, stay exactly as they were. Text rows would teach nothing: refused."""
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model
+    prompts = ["a photo of a red circle left of a blue star", "a photo of two squares"]
+    with torch.no_grad():
+        before = model.eval().backbone.condition(prompts)[0]
+    task = UnderstandingTask(model.train(), seed=0, mix=UnderstandingMix(text_rows=0.0, trainable="vision"))
+    visual, language = model.backbone.model.model.visual, model.backbone.model.model.language_model
+    params = [p for module in task.modules().values() for p in module.parameters() if p.requires_grad]
+    assert {id(p) for p in params} == {id(p) for p in visual.parameters()}
+    kept = {k: v.clone() for k, v in language.state_dict().items()}
+    tower = {k: v.clone() for k, v in visual.state_dict().items()}
+    loss, _ = task.loss(task.batch(0, 8), torch.Generator().manual_seed(0))
+    loss.backward()
+    torch.optim.SGD(params, lr=0.1).step()
+    assert all(p.grad is None for p in language.parameters())
+    assert all(torch.equal(v, kept[k]) for k, v in language.state_dict().items())
+    assert any(not torch.equal(v, tower[k]) for k, v in visual.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model.eval().backbone.condition(prompts)[0], before)
+    with pytest.raises(ConfigError, match="text_rows"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.5, trainable="vision"))
+    with pytest.raises(ConfigError, match="trainable"):
+        UnderstandingTask(model, mix=UnderstandingMix(trainable="language"))

@@ -61,6 +61,10 @@ class UnderstandingMix:
     vision_label_weight: float = 0.0
     # the vision labels' loss weighs background and object tokens equally (else one mean over all tokens)
     vision_label_balanced: bool = False
+    # what learns: "all" = the whole backbone (the mini recipe from scratch); "vision" = the vision tower and its
+    # merger only, the language model frozen, so the generation path (text only) stays bit for bit as it was: more
+    # understanding for a trained model without retraining its generator (text rows then teach nothing: set 0)
+    trainable: str = "all"
 
 
 @dataclass

@@ -8,6 +8,7 @@ teaches (measured: one-word-different prompts gave query states 0.2-2.9 % apart 
 
 from __future__ import annotations
 
+from ...config import ConfigError
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
@@ -16,6 +17,7 @@ from .vision_labels import VisionLabelHeads, scenes_of
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
+TRAINABLE = ("all", "vision")  # understanding.trainable
 
 
 class UnderstandingTask(SourceState):
@@ -26,7 +28,14 @@ class UnderstandingTask(SourceState):
         """source: image + question/answer (or caption) rows; default ShapesWorld's train split."""
         self.model, self.seed, self.mix = model, seed, mix or UnderstandingMix()
         self.source = source or ShapesSource("train", seed)
-        model.backbone.set_backbone_trainable(True)
+        if self.mix.trainable not in TRAINABLE:
+            raise ConfigError(f"understanding.trainable: {self.mix.trainable!r} is not one of {', '.join(TRAINABLE)}")
+        if self.mix.trainable == "vision" and self.mix.text_rows > 0:
+            raise ConfigError("understanding.text_rows train the language model, which trainable: vision keeps "
+                              "frozen: set text_rows to 0")
+        model.backbone.set_backbone_trainable(self.mix.trainable == "all")
+        self.trained = model.backbone.model if self.mix.trainable == "all" else model.backbone.model.model.visual
+        self.trained.requires_grad_(True)
         self.vision_labels = None
         if self.mix.vision_label_weight > 0:
             backbone = model.backbone
@@ -37,7 +46,7 @@ class UnderstandingTask(SourceState):
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
         heads = {"vision_label_heads": self.vision_labels} if self.vision_labels is not None else {}
-        return {"backbone": self.model.backbone.model} | heads
+        return {"backbone" if self.mix.trainable == "all" else "vision": self.trained} | heads
 
     def finish(self) -> None:
         """Drop the training-only heads' hook from the vision tower."""
