@@ -306,7 +306,7 @@ class Backbone(nn.Module):
         states = out.last_hidden_state[:, -n:].to(self.queries.dtype)  # (B, N, hidden), after the final RMSNorm
         # The norm and projector keep the queries' dtype (float32) even when the model runs in bf16.
         layer_states = {0: embeds, -1: out.last_hidden_state}
-        words = [(layer_states.get(layer) if layer in (0, -1) else out.hidden_states[layer])[:, :-n]
+        words = [(layer_states[layer] if layer in layer_states else out.hidden_states[layer])[:, :-n]
                  for layer in word_layers]
         return states, attention_mask[:, -n:], words
 

@@ -8,7 +8,7 @@ teaches (measured: one-word-different prompts gave query states 0.2-2.9 % apart 
 
 from __future__ import annotations
 
-from ...config import ConfigError
+from ...config import ConfigError, check_choice
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
@@ -28,8 +28,7 @@ class UnderstandingTask(SourceState):
         """source: image + question/answer (or caption) rows; default ShapesWorld's train split."""
         self.model, self.seed, self.mix = model, seed, mix or UnderstandingMix()
         self.source = source or ShapesSource("train", seed)
-        if self.mix.trainable not in TRAINABLE:
-            raise ConfigError(f"understanding.trainable: {self.mix.trainable!r} is not one of {', '.join(TRAINABLE)}")
+        check_choice("understanding.trainable", self.mix.trainable, TRAINABLE)
         if self.mix.trainable == "vision" and self.mix.text_rows > 0:
             raise ConfigError("understanding.text_rows train the language model, which trainable: vision keeps "
                               "frozen: set text_rows to 0")
