@@ -211,3 +211,39 @@ def test_understanding_can_train_the_vision_tower_alone_leaving_generation_bit_f
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.5, trainable="vision"))
     with pytest.raises(ConfigError, match="trainable"):
         UnderstandingTask(model, mix=UnderstandingMix(trainable="language"))
+
+
+def test_condition_retention_holds_the_generation_condition_while_the_language_model_learns():
+    """`understanding.condition_retention_weight`: the language model learns to answer, and a loss against a frozen
+    copy of the stage's starting model keeps the query states the generator was trained on. The drift is 0 at the
+    start, grows when the language model moves, and the retention gradient brings it back; the input embeddings (the
+    condition's word part) are frozen; the copy travels in the task's modules (checkpoints) but never learns."""
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+    mix = UnderstandingMix(text_rows=0.0, condition_retention_weight=1.0, condition_retention_rows=0.5)
+    task = UnderstandingTask(model, seed=0, mix=mix)
+    batch = task.batch(0, 8)
+    assert len(batch[3]) == 4  # the retention prompts, drawn as text rows are
+    prompts = batch[3]
+    assert task.condition_drift(prompts).item() == 0.0
+    loss, logs = task.loss(batch, None)
+    assert set(logs) == {"ce", "retention"} and logs["retention"] == 0.0
+    reference = task.modules()["condition_reference"]
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert not model.backbone.model.get_input_embeddings().weight.requires_grad
+    language = model.backbone.model.model.language_model
+    with torch.no_grad():
+        for p in language.layers[-1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    drifted = task.condition_drift(prompts)
+    assert drifted.item() > 1e-3
+    params = [p for p in language.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(20):
+        optimiser.zero_grad()
+        task.condition_drift(prompts).backward()
+        optimiser.step()
+    assert task.condition_drift(prompts).item() < 0.5 * drifted.item()
+    with pytest.raises(ConfigError, match="condition_retention_weight"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, trainable="vision",
+                                                      condition_retention_weight=1.0))

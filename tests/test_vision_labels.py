@@ -54,7 +54,7 @@ def test_understanding_stage_trains_the_vision_tower_on_token_labels(weight):
         assert batch[4] is None and "vision_label_heads" not in task.modules()
         assert "vision_labels" not in task.loss(batch, None)[1]
         return
-    assert batch[4]["shape"].shape == (8, 64) and batch[4]["shape"].max() > 0
+    assert batch[4]["vision"]["shape"].shape == (8, 64) and batch[4]["vision"]["shape"].max() > 0
     first, logs = fit_one_batch(task, batch, "vision_labels")  # the tower and heads must fit its labels
     assert logs["vision_labels"] < 0.7 * first
     task.finish()  # the hook is gone: a later forward pass keeps nothing
@@ -116,3 +116,55 @@ def test_balanced_label_loss_weighs_object_and_background_tokens_equally():
     assert plain.item() != pytest.approx(loss.item(), rel=1e-3)
     right = heads.heads["shape"](tokens.reshape(-1, 16)).argmax(-1) == labels["shape"].reshape(-1)
     assert logs["shape_object_acc"] == pytest.approx(right[:3].float().mean().item())  # object tokens only
+
+
+def test_position_labels_name_each_object_tokens_column_and_row():
+    """`vision_label_position`: object tokens are labelled with their own grid column and row (1-based), background
+    tokens 0; the heads exist only when asked for."""
+    from openblip3o.training.stages.vision_labels import TokenLabelHeads
+
+    square = ShapeObject(shape="square", color="blue", size="large", cx=16, cy=16, radius=8)  # cells (1..2, 1..2)
+    scene = Scene(objects=(square,), image_size=64)
+    assert set(TokenLabelHeads(16, 8).labels([scene])) == {"shape", "color"}
+    labels = TokenLabelHeads(16, 8, position=True).labels([scene])
+    on_object = labels["shape"][0] > 0
+    column, row = labels["column"][0].reshape(8, 8), labels["row"][0].reshape(8, 8)
+    rows, columns = torch.nonzero(on_object.reshape(8, 8), as_tuple=True)
+    assert len(rows) > 0
+    assert torch.equal(column[rows, columns], columns + 1) and torch.equal(row[rows, columns], rows + 1)
+    assert (labels["column"][0][~on_object] == 0).all() and (labels["row"][0][~on_object] == 0).all()
+
+
+def test_token_relations_name_each_objects_neighbours_by_direction():
+    from openblip3o.data.shapes.token_relations import IGNORE, token_relations
+    from openblip3o.data.shapes.world import RELATIONS
+
+    square = ShapeObject(shape="square", color="blue", size="large", cx=12, cy=32, radius=8)
+    star = ShapeObject(shape="star", color="red", size="large", cx=52, cy=32, radius=8)
+    relations = token_relations(Scene(objects=(square, star), image_size=64), grid_size=8)
+    owners = token_labels(Scene(objects=(square, star), image_size=64), 8)["shape"]
+    column = {relation: k for k, relation in enumerate(RELATIONS)}
+    on_square, on_star = owners == SHAPES.index("square") + 1, owners == SHAPES.index("star") + 1
+    assert on_square.any() and on_star.any()
+    assert (relations[on_square, column["right of"]] == SHAPES.index("star") + 1).all()  # a star right of the square
+    assert (relations[on_star, column["left of"]] == SHAPES.index("square") + 1).all()
+    assert (relations[on_square, column["left of"]] == 0).all() and (relations[on_star, column["above"]] == 0).all()
+    assert (relations[owners == 0] == IGNORE).all()
+
+
+def test_relation_labels_train_the_language_models_image_token_states():
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+    plain = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0))
+    assert "relation_label_heads" not in plain.modules()
+    mix = UnderstandingMix(text_rows=0.0, relation_label_weight=1.0, relation_label_layer=1)
+    task = UnderstandingTask(model, seed=0, mix=mix)
+    batch = task.batch(0, 8)
+    assert batch[4]["relation"].shape == (8, 64, 4) and (batch[4]["relation"] > 0).any()
+    first, logs = fit_one_batch(task, batch, "relation_labels")
+    assert logs["relation_labels"] < 0.5 * first
+    task.finish()
+    with pytest.raises(Exception, match="relation_label"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_label_weight=1.0, trainable="vision"))
+    with pytest.raises(ValueError, match="relation_label_layer"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_label_weight=1.0, relation_label_layer=9))

@@ -281,6 +281,34 @@ def vqa_heldout_command(
 
 @app.command()
 @user_errors
+def mirror(
+    model: str = MODEL_OPT,
+    num: int = typer.Option(200, "--num", help="Scenes whose relation questions are asked."),
+    seed: int = typer.Option(0, "--seed", help="World seed."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
+    split: str = typer.Option("heldout", "--split", help="heldout or eval."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, mirrored_accuracy, "
+                                 "answer_changed, yes_share, questions."),
+):
+    """Does the backbone read where objects lie? Relation questions asked of each image and of its mirror: a reader
+    of positions changes its answer, a word prior does not."""
+    from ..evaluation.relation_mirror import relation_mirror
+
+    if num < 1:
+        raise ValueError("--num must be at least 1")
+    if split not in ("heldout", "eval"):
+        raise ValueError(f"--split must be heldout or eval, got {split!r}")
+    result = relation_mirror(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    for key in ("accuracy", "mirrored_accuracy", "answer_changed", "yes_share"):
+        typer.echo(f"{key:<18} {result[key]:.4f}")
+    typer.echo(f"{'questions':<18} {result['questions']}")
+
+
+@app.command()
+@user_errors
 def condition(
     model: str = MODEL_OPT,
     num: int = typer.Option(256, "--num", help="About how many prompts per probe (all of a smaller prompt space)."),

@@ -273,13 +273,16 @@ class Backbone(nn.Module):
         """Raw final states at the query positions for B prompts: (B, N, hidden) and the (B, N) long mask (all ones)."""
         return self.query_states_from_ids(*self.generation_ids(prompts))
 
-    def query_states_from_ids(self, input_ids: torch.Tensor,
-                              attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders."""
-        states, mask, _ = self._generation_forward(input_ids, attention_mask, [])
+    def query_states_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              model: Qwen2_5_VLForConditionalGeneration | None = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`query_states` on template ids (B, L) whose last N are the GEN_QUERY placeholders; `model`: another copy
+        of the Qwen model to read them with (a frozen reference, e.g.), default this backbone's."""
+        states, mask, _ = self._generation_forward(input_ids, attention_mask, [], model)
         return states, mask
 
-    def _generation_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_layers: list[int]):
+    def _generation_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_layers: list[int],
+                            model: Qwen2_5_VLForConditionalGeneration | None = None):
         """One forward pass of the generation template -> query states (B, N, hidden), their (B, N) mask, and for
         each of `word_layers` the states of the words before the queries ((B, L - N, hidden); 0 = input embeddings,
         k = after language layer k, -1 = final states).
@@ -291,11 +294,12 @@ class Backbone(nn.Module):
         n = self.num_queries
         if not bool((input_ids[:, -n:] == token_id(self.tokenizer, GEN_QUERY)).all()):
             raise RuntimeError("generation_inputs must put the GEN_QUERY placeholders last")
-        embeds = self.model.get_input_embeddings()(input_ids)  # (B, L, hidden)
+        model = self.model if model is None else model
+        embeds = model.get_input_embeddings()(input_ids)  # (B, L, hidden)
         queries = self.queries.to(embeds.dtype).expand(input_ids.shape[0], -1, -1)  # (B, N, hidden)
         embeds = torch.cat([embeds[:, :-n], queries], dim=1)  # the placeholders' rows become the queries
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L); padding is masked anyway
-        out = self.model.model(
+        out = model.model(
             input_ids=None,
             inputs_embeds=embeds,
             attention_mask=attention_mask,

@@ -61,6 +61,19 @@ class UnderstandingMix:
     vision_label_weight: float = 0.0
     # the vision labels' loss weighs background and object tokens equally (else one mean over all tokens)
     vision_label_balanced: bool = False
+    # the vision labels also name each object token's grid column and row (where it lies; relation questions)
+    vision_label_position: bool = False
+    # weight of per-token relation labels on the language model's image-token states (ShapesWorld; 0 = off): at each
+    # object token, the shape of the nearest object left of / right of / above / below it (training-only heads)
+    relation_label_weight: float = 0.0
+    relation_label_layer: int = 2  # the language-model layer (1-based) whose output the relation heads read
+    # with trainable "all": weight of a loss that keeps the generation condition where it was at the stage's start
+    # (the query states of generation-template prompts, in the condition norm's standardised units, against a frozen
+    # copy of the starting language model; the input embeddings, which the condition's word part reads, are frozen),
+    # so a trained generator keeps working while the language model learns to answer (0 = off)
+    condition_retention_weight: float = 0.0
+    # prompts per VQA row that the retention loss reads (drawn as the text rows are)
+    condition_retention_rows: float = 0.5
     # what learns: "all" = the whole backbone (the mini recipe from scratch); "vision" = the vision tower and its
     # merger only, the language model frozen, so the generation path (text only) stays bit for bit as it was: more
     # understanding for a trained model without retraining its generator (text rows then teach nothing: set 0)

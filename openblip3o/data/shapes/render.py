@@ -34,12 +34,9 @@ def render_labels(scene: Scene) -> np.ndarray:
     return np.asarray(mask, dtype=np.int64)
 
 
-def token_labels(scene: Scene, grid_size: int) -> dict[str, np.ndarray]:
-    """Per-cell classes of a grid_size x grid_size tiling of the image, row-major: {"shape", "color"}: (G*G,) ints.
-
-    A cell takes the object covering most of its pixels (class index + 1, so 0 = background) when the object
-    covers at least a quarter of the cell; otherwise background.
-    """
+def token_owners(scene: Scene, grid_size: int) -> np.ndarray:
+    """(G*G,) ints, row-major: the index + 1 of the object covering most of each cell's pixels when it covers at
+    least a quarter of the cell, else 0 (background)."""
     labels = render_labels(scene)
     cell = scene.image_size // grid_size
     if cell * grid_size != scene.image_size:
@@ -49,6 +46,16 @@ def token_labels(scene: Scene, grid_size: int) -> dict[str, np.ndarray]:
     counts[:, 0] = 0
     owner = counts.argmax(1)
     owner[counts.max(1) * 4 < cell * cell] = 0
+    return owner
+
+
+def token_labels(scene: Scene, grid_size: int) -> dict[str, np.ndarray]:
+    """Per-cell classes of a grid_size x grid_size tiling of the image, row-major: {"shape", "color"}: (G*G,) ints.
+
+    A cell takes the object covering most of its pixels (class index + 1, so 0 = background) when the object
+    covers at least a quarter of the cell; otherwise background.
+    """
+    owner = token_owners(scene, grid_size)
     shape = np.zeros(grid_size * grid_size, dtype=np.int64)
     color = np.zeros(grid_size * grid_size, dtype=np.int64)
     for index, obj in enumerate(scene.objects, start=1):

@@ -8,11 +8,16 @@ teaches (measured: one-word-different prompts gave query states 0.2-2.9 % apart 
 
 from __future__ import annotations
 
+import copy
+
+import torch
+
 from ...config import ConfigError, check_choice
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
 from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
+from .relation_labels import RelationLabelHeads
 from .vision_labels import VisionLabelHeads, scenes_of
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
@@ -32,54 +37,102 @@ class UnderstandingTask(SourceState):
         if self.mix.trainable == "vision" and self.mix.text_rows > 0:
             raise ConfigError("understanding.text_rows train the language model, which trainable: vision keeps "
                               "frozen: set text_rows to 0")
+        if self.mix.condition_retention_weight > 0 and self.mix.trainable != "all":
+            raise ConfigError("understanding.condition_retention_weight keeps a learning language model's generation "
+                              "condition; with trainable: vision it is frozen already: set it to 0")
         model.backbone.set_backbone_trainable(self.mix.trainable == "all")
         self.trained = model.backbone.model if self.mix.trainable == "all" else model.backbone.model.model.visual
         self.trained.requires_grad_(True)
+        self.reference = None
+        if self.mix.condition_retention_weight > 0:
+            # The starting model, frozen. A module of the task, so a checkpoint keeps it and a resumed run compares
+            # with the stage's start, not with where it was killed.
+            self.reference = copy.deepcopy(model.backbone.model).eval().requires_grad_(False)
+            model.backbone.model.get_input_embeddings().requires_grad_(False)  # the condition's word part
         self.vision_labels = None
         if self.mix.vision_label_weight > 0:
             backbone = model.backbone
             self.vision_labels = VisionLabelHeads(backbone.model.model.visual,
                                                   backbone.model.config.vision_config.out_hidden_size,
-                                                  backbone.vision_grid, self.mix.vision_label_balanced)
+                                                  backbone.vision_grid, self.mix.vision_label_balanced,
+                                                  self.mix.vision_label_position)
+
+        self.relation_labels = None
+        if self.mix.relation_label_weight > 0:
+            if self.mix.trainable != "all":
+                raise ConfigError("understanding.relation_label_weight trains the language model: needs trainable: all")
+            self.relation_labels = RelationLabelHeads(model.backbone.model, self.mix.relation_label_layer,
+                                                      model.backbone.vision_grid)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
         heads = {"vision_label_heads": self.vision_labels} if self.vision_labels is not None else {}
-        return {"backbone" if self.mix.trainable == "all" else "vision": self.trained} | heads
+        heads |= {"relation_label_heads": self.relation_labels} if self.relation_labels is not None else {}
+        reference = {"condition_reference": self.reference} if self.reference is not None else {}
+        return {"backbone" if self.mix.trainable == "all" else "vision": self.trained} | heads | reference
 
     def finish(self) -> None:
         """Drop the training-only heads' hook from the vision tower."""
-        if self.vision_labels is not None:
-            self.vision_labels.remove()
+        for heads in (self.vision_labels, self.relation_labels):
+            if heads is not None:
+                heads.remove()
 
     def text_count(self, size: int) -> int:
         """Text-only rows that go with `size` VQA rows."""
         return round(size * self.mix.text_rows)
+
+    def retention_count(self, size: int) -> int:
+        """Prompts for the condition-retention loss that go with `size` VQA rows (the first of the text rows)."""
+        return round(size * self.mix.condition_retention_rows) if self.reference is not None else 0
 
     def batch(self, start: int, size: int):
         chosen = self.source.examples(start, size, MAIN)
         rngs = [choice_rng(self.seed, start + i) for i in range(len(chosen))]
         pairs = [pick_question(e, rng, self.mix.caption_rate) for e, rng in zip(chosen, rngs)]
         follow_ups = [pick_follow_ups(e, rng, pair, self.mix.turns) for e, rng, pair in zip(chosen, rngs, pairs)]
-        count = self.text_count(size)
+        count = max(self.text_count(size), self.retention_count(size))
         text_first = start * count // max(size, 1)
         texts = [
             pick_caption(e, choice_rng(self.seed, TEXT_STREAM_OFFSET + text_first + i), self.mix.text_short_rate,
                          self.mix.text_prompt_rate)
             for i, e in enumerate(self.source.examples(text_first, count, TEXT))
         ] if count else []
-        labels = (self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
-                  if self.vision_labels is not None else None)
+        labels = {}
+        if self.vision_labels is not None:
+            labels["vision"] = self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
+        if self.relation_labels is not None:
+            labels["relation"] = self.relation_labels.labels(scenes_of(chosen, "understanding.relation_label_weight"))
+        labels = labels or None
         return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels, follow_ups
 
     def loss(self, batch, generator):
         images, questions, answers, texts, labels, follow_ups = batch
         ce = self.model.understanding_loss(images, questions, answers, follow_ups if any(follow_ups) else None)
         loss, logs = ce, {"ce": ce.item()}
-        if labels is not None:
-            dense, accuracy = self.vision_labels.loss(labels)
+        if labels is not None and "vision" in labels:
+            dense, accuracy = self.vision_labels.loss(labels["vision"])
             loss, logs = loss + self.mix.vision_label_weight * dense, logs | {"vision_labels": dense.item()} | accuracy
-        if texts:
-            text = self.model.backbone.language_loss(texts)
+        if labels is not None and "relation" in labels:
+            dense, accuracy = self.relation_labels.loss(labels["relation"])
+            loss = loss + self.mix.relation_label_weight * dense
+            logs = logs | {"relation_labels": dense.item()} | accuracy
+        text_rows = texts[:self.text_count(len(images))]
+        if text_rows:
+            text = self.model.backbone.language_loss(text_rows)
             loss, logs = loss + self.mix.text_weight * text, logs | {"text": text.item()}
+        if self.reference is not None:
+            drift = self.condition_drift(texts[:self.retention_count(len(images))])
+            loss, logs = loss + self.mix.condition_retention_weight * drift, logs | {"retention": drift.item()}
         return loss, logs
+
+    def condition_drift(self, prompts: list[str]) -> torch.Tensor:
+        """Mean squared change of the prompts' query states since the stage's start, in the condition norm's
+        standardised units (1.0 = as far as prompts lie from each other; a scalar)."""
+        backbone = self.model.backbone
+        ids, mask = backbone.generation_ids(prompts)
+        states, _ = backbone.query_states_from_ids(ids, mask)
+        with torch.no_grad():
+            start, _ = backbone.query_states_from_ids(ids, mask, self.reference)
+        scale = getattr(backbone.condition_norm, "std", None)  # (N, hidden) when the condition is standardised
+        change = (states - start) / (scale.to(states.dtype) if scale is not None else start.std(dim=0) + 1e-6)
+        return change.pow(2).mean()
