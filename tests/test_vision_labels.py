@@ -168,3 +168,39 @@ def test_relation_labels_train_the_language_models_image_token_states():
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_label_weight=1.0, trainable="vision"))
     with pytest.raises(ValueError, match="relation_label_layer"):
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_label_weight=1.0, relation_label_layer=9))
+
+
+def test_questions_name_the_objects_an_answer_must_look_at():
+    from openblip3o.data.shapes.question_targets import named_objects, question_token_mask
+
+    star = ShapeObject(shape="star", color="red", size="large", cx=16, cy=16, radius=8)
+    cross = ShapeObject(shape="cross", color="blue", size="large", cx=48, cy=48, radius=8)
+    scene = Scene(objects=(star, cross), image_size=64)
+    assert named_objects("what color is the cross?", scene) == [1]
+    assert named_objects("what shape is the red object?", scene) == [0]
+    assert named_objects("how many crosses are there?", scene) == [1]
+    assert named_objects("how many shapes are there?", scene) == []
+    assert named_objects("is the blue cross right of the red star?", scene) == [1]  # the first noun phrase
+    mask = question_token_mask("what color is the cross?", scene, 8)
+    owners = token_labels(scene, 8)["shape"]
+    assert mask.any() and np.array_equal(mask, owners == SHAPES.index("cross") + 1)
+
+
+def test_answer_pointer_teaches_one_head_to_look_at_the_named_object():
+    torch.manual_seed(0)
+    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.train()
+    qwen = model.backbone.model
+    before = qwen.config._attn_implementation
+    task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0, turns=3, pointer_weight=1.0,
+                                                                  pointer_layer=1))
+    batch = task.batch(0, 8)
+    assert len(batch[4]["pointer"]) == 8 and any(m.any() for row in batch[4]["pointer"] for m in row)
+    first, logs = fit_one_batch(task, batch, "pointer", steps=20)
+    assert logs["pointer"] < 0.5 * first and 0.0 <= logs["pointer_mass"] <= 1.0
+    task.finish()
+    assert qwen.config._attn_implementation == before  # eager only while the stage runs
+    with pytest.raises(Exception, match="pointer_weight"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, pointer_weight=1.0, trainable="vision"))
+    with pytest.raises(ValueError, match="pointer_head"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, pointer_weight=1.0, pointer_layer=1,
+                                                      pointer_head=99))

@@ -67,6 +67,12 @@ class UnderstandingMix:
     # object token, the shape of the nearest object left of / right of / above / below it (training-only heads)
     relation_label_weight: float = 0.0
     relation_label_layer: int = 2  # the language-model layer (1-based) whose output the relation heads read
+    # weight of the answer-pointing loss (ShapesWorld; 0 = off): at each position that predicts an answer's first token,
+    # head `pointer_head` of language-model layer `pointer_layer` (1-based) is taught to attend to the image tokens
+    # of the object the question names
+    pointer_weight: float = 0.0
+    pointer_layer: int = 3
+    pointer_head: int = 0
     # with trainable "all": weight of a loss that keeps the generation condition where it was at the stage's start
     # (the query states of generation-template prompts, in the condition norm's standardised units, against a frozen
     # copy of the starting language model; the input embeddings, which the condition's word part reads, are frozen),

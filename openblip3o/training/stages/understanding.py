@@ -17,6 +17,7 @@ from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
 from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
+from .answer_pointer import AnswerPointer
 from .relation_labels import RelationLabelHeads
 from .vision_labels import VisionLabelHeads, scenes_of
 
@@ -64,6 +65,13 @@ class UnderstandingTask(SourceState):
             self.relation_labels = RelationLabelHeads(model.backbone.model, self.mix.relation_label_layer,
                                                       model.backbone.vision_grid)
 
+        self.pointer = None
+        if self.mix.pointer_weight > 0:
+            if self.mix.trainable != "all":
+                raise ConfigError("understanding.pointer_weight trains the language model: needs trainable: all")
+            self.pointer = AnswerPointer(model.backbone.model, self.mix.pointer_layer, self.mix.pointer_head,
+                                         model.backbone.vision_grid)
+
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
         heads = {"vision_label_heads": self.vision_labels} if self.vision_labels is not None else {}
@@ -73,7 +81,7 @@ class UnderstandingTask(SourceState):
 
     def finish(self) -> None:
         """Drop the training-only heads' hook from the vision tower."""
-        for heads in (self.vision_labels, self.relation_labels):
+        for heads in (self.vision_labels, self.relation_labels, self.pointer):
             if heads is not None:
                 heads.remove()
 
@@ -102,6 +110,9 @@ class UnderstandingTask(SourceState):
             labels["vision"] = self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
         if self.relation_labels is not None:
             labels["relation"] = self.relation_labels.labels(scenes_of(chosen, "understanding.relation_label_weight"))
+        if self.pointer is not None:
+            asked = [[q] + [f for f, _ in more] for (q, _), more in zip(pairs, follow_ups)]
+            labels["pointer"] = self.pointer.targets(scenes_of(chosen, "understanding.pointer_weight"), asked)
         labels = labels or None
         return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels, follow_ups
 
@@ -112,6 +123,9 @@ class UnderstandingTask(SourceState):
         if labels is not None and "vision" in labels:
             dense, accuracy = self.vision_labels.loss(labels["vision"])
             loss, logs = loss + self.mix.vision_label_weight * dense, logs | {"vision_labels": dense.item()} | accuracy
+        if labels is not None and "pointer" in labels:
+            pointing, mass = self.pointer.loss(labels["pointer"])
+            loss, logs = loss + self.mix.pointer_weight * pointing, logs | {"pointer": pointing.item()} | mass
         if labels is not None and "relation" in labels:
             dense, accuracy = self.relation_labels.loss(labels["relation"])
             loss = loss + self.mix.relation_label_weight * dense
