@@ -252,6 +252,14 @@ def wise_score(
     typer.echo(f"{'overall':<10} {summary['overall']:.3f}   ({summary['judged']} judged, {summary['unparsed']} unparsed)")
 
 
+def _check_scenes(num: int, split: str) -> None:
+    """The checks of the commands that ask questions about `num` ShapesWorld scenes of `split`."""
+    if num < 1:
+        raise ValueError("--num must be at least 1")
+    if split not in ("heldout", "eval"):
+        raise ValueError(f"--split must be heldout or eval, got {split!r}")
+
+
 @app.command("vqa-heldout")
 @user_errors
 def vqa_heldout_command(
@@ -266,10 +274,7 @@ def vqa_heldout_command(
     """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
     from ..evaluation.vqa import vqa_heldout
 
-    if num < 1:
-        raise ValueError("--num must be at least 1")
-    if split not in ("heldout", "eval"):
-        raise ValueError(f"--split must be heldout or eval, got {split!r}")
+    _check_scenes(num, split)
     result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
     if as_json:
         typer.echo(json.dumps(result))
@@ -294,10 +299,7 @@ def mirror(
     of positions changes its answer, a word prior does not."""
     from ..evaluation.relation_mirror import relation_mirror
 
-    if num < 1:
-        raise ValueError("--num must be at least 1")
-    if split not in ("heldout", "eval"):
-        raise ValueError(f"--split must be heldout or eval, got {split!r}")
+    _check_scenes(num, split)
     result = relation_mirror(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
     if as_json:
         typer.echo(json.dumps(result))
