@@ -24,6 +24,8 @@ from .vision_labels import VisionLabelHeads, scenes_of
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
 TRAINABLE = ("all", "vision")  # understanding.trainable
+# options that train (or hold) the language model, and so need trainable: all
+LANGUAGE_OPTIONS = ("condition_retention_weight", "relation_label_weight", "pointer_weight")
 
 
 class UnderstandingTask(SourceState):
@@ -38,9 +40,11 @@ class UnderstandingTask(SourceState):
         if self.mix.trainable == "vision" and self.mix.text_rows > 0:
             raise ConfigError("understanding.text_rows train the language model, which trainable: vision keeps "
                               "frozen: set text_rows to 0")
-        if self.mix.condition_retention_weight > 0 and self.mix.trainable != "all":
-            raise ConfigError("understanding.condition_retention_weight keeps a learning language model's generation "
-                              "condition; with trainable: vision it is frozen already: set it to 0")
+        if self.mix.trainable != "all":
+            for name in LANGUAGE_OPTIONS:
+                if getattr(self.mix, name) > 0:
+                    raise ConfigError(f"understanding.{name} works on the language model, which trainable: "
+                                      f"{self.mix.trainable} keeps frozen: set it to 0")
         model.backbone.set_backbone_trainable(self.mix.trainable == "all")
         self.trained = model.backbone.model if self.mix.trainable == "all" else model.backbone.model.model.visual
         self.trained.requires_grad_(True)
@@ -57,18 +61,12 @@ class UnderstandingTask(SourceState):
                                                   backbone.model.config.vision_config.out_hidden_size,
                                                   backbone.vision_grid, self.mix.vision_label_balanced,
                                                   self.mix.vision_label_position)
-
         self.relation_labels = None
         if self.mix.relation_label_weight > 0:
-            if self.mix.trainable != "all":
-                raise ConfigError("understanding.relation_label_weight trains the language model: needs trainable: all")
             self.relation_labels = RelationLabelHeads(model.backbone.model, self.mix.relation_label_layer,
                                                       model.backbone.vision_grid)
-
         self.pointer = None
         if self.mix.pointer_weight > 0:
-            if self.mix.trainable != "all":
-                raise ConfigError("understanding.pointer_weight trains the language model: needs trainable: all")
             self.pointer = AnswerPointer(model.backbone.model, self.mix.pointer_layer, self.mix.pointer_head,
                                          model.backbone.vision_grid)
 
@@ -80,7 +78,7 @@ class UnderstandingTask(SourceState):
         return {"backbone" if self.mix.trainable == "all" else "vision": self.trained} | heads | reference
 
     def finish(self) -> None:
-        """Drop the training-only heads' hook from the vision tower."""
+        """Drop the training-only heads' and the pointer's hooks from the backbone."""
         for heads in (self.vision_labels, self.relation_labels, self.pointer):
             if heads is not None:
                 heads.remove()
@@ -120,16 +118,13 @@ class UnderstandingTask(SourceState):
         images, questions, answers, texts, labels, follow_ups = batch
         ce = self.model.understanding_loss(images, questions, answers, follow_ups if any(follow_ups) else None)
         loss, logs = ce, {"ce": ce.item()}
-        if labels is not None and "vision" in labels:
-            dense, accuracy = self.vision_labels.loss(labels["vision"])
-            loss, logs = loss + self.mix.vision_label_weight * dense, logs | {"vision_labels": dense.item()} | accuracy
-        if labels is not None and "pointer" in labels:
-            pointing, mass = self.pointer.loss(labels["pointer"])
-            loss, logs = loss + self.mix.pointer_weight * pointing, logs | {"pointer": pointing.item()} | mass
-        if labels is not None and "relation" in labels:
-            dense, accuracy = self.relation_labels.loss(labels["relation"])
-            loss = loss + self.mix.relation_label_weight * dense
-            logs = logs | {"relation_labels": dense.item()} | accuracy
+        dense_losses = (("vision", self.vision_labels, self.mix.vision_label_weight, "vision_labels"),
+                        ("pointer", self.pointer, self.mix.pointer_weight, "pointer"),
+                        ("relation", self.relation_labels, self.mix.relation_label_weight, "relation_labels"))
+        for key, source, weight, name in dense_losses:
+            if labels is not None and key in labels:
+                dense, extra = source.loss(labels[key])
+                loss, logs = loss + weight * dense, logs | {name: dense.item()} | extra
         text_rows = texts[:self.text_count(len(images))]
         if text_rows:
             text = self.model.backbone.language_loss(text_rows)
