@@ -61,6 +61,29 @@ def test_geneval_command_writes_official_layout_resumably(tmp_path, tiny_dir):
     assert summary["images"] == 6
 
 
+def test_geneval_seed_schemes_share_or_separate_noise_and_refuse_mixed_resume(tmp_path, tiny_dir):
+    record = evaluation_set("heldout")[0]
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text(json.dumps(record) + "\n" + json.dumps(record) + "\n")  # the same prompt twice
+    base = ["eval", "geneval", "--metadata", str(meta), "--n-samples", "1", "--model", str(tiny_dir), "--no-grid",
+            *FAST]
+
+    def first_samples(out, *extra):
+        result = runner.invoke(app, [*base, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        return [np.asarray(Image.open(out / f"{i:05d}" / "samples" / "00000.png")) for i in range(2)]
+
+    shared = first_samples(tmp_path / "shared")
+    assert np.array_equal(shared[0], shared[1])  # the reference scheme: one noise draw for every prompt
+    separate = first_samples(tmp_path / "separate", "--seed-per-prompt")
+    assert not np.array_equal(separate[0], separate[1])
+    assert json.loads((tmp_path / "separate" / "settings.json").read_text())["seed_scheme"] == "per_prompt"
+    before = (tmp_path / "shared" / "00000" / "samples" / "00000.png").read_bytes()
+    mixed = runner.invoke(app, [*base, "--out", str(tmp_path / "shared"), "--seed-per-prompt"])
+    assert mixed.exit_code != 0 and "seed_scheme" in mixed.output and "Traceback" not in mixed.output
+    assert (tmp_path / "shared" / "00000" / "samples" / "00000.png").read_bytes() == before  # nothing lost
+
+
 # --- DPG-Bench ----------------------------------------------------------------------------------------------------
 def test_dpg_question_graph_has_dpg_categories_and_parents():
     item = dpg.mini_items(5)[4]

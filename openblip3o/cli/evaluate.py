@@ -153,6 +153,10 @@ def geneval(
     steps: int = STEPS_OPT, cfg: float = CFG_OPT, decoder_steps: int = DECODER_STEPS_OPT,
     decoder_cfg: float = DECODER_CFG_OPT,
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Also write each prompt's grid.png."),
+    seed_per_prompt: bool = typer.Option(
+        False, "--seed-per-prompt",
+        help="Give prompt i's sample j the seed seed + i * N + j (independent noise per image) instead of the "
+             "reference script's seed + j shared by every prompt."),
 ):
     """Generate GenEval images for any metadata file, resumably; the settings go to DIR/settings.json."""
     from ..evaluation.geneval.generate import generate_layout
@@ -162,7 +166,8 @@ def geneval(
         raise ValueError("--n-samples and --batch-size must be at least 1")
     records = read_metadata_file(metadata)
     settings = generate_layout(_pipeline(model), records, out, n_samples=n_samples, batch_size=batch_size, seed=seed,
-                               grid=grid, sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg))
+                               grid=grid, sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg),
+                               seed_per_prompt=seed_per_prompt)
     typer.echo(f"{len(records)} prompts x {n_samples} images in {out} (model hash {settings['model_hash']})")
 
 

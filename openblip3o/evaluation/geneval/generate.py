@@ -2,7 +2,10 @@
 
 `DIR/NNNNN/metadata.jsonl` + `DIR/NNNNN/samples/NNNNN.png` (+ `grid.png`), as the official generation script
 writes them, so the official evaluator (full scale) or `openblip3o eval score` (ShapesWorld) runs on it.
-As in the reference script, every prompt's sample j starts from the same seed (seed + j).
+As in the reference script (which reseeds before every prompt), every prompt's sample j starts from the same seed
+(seed + j): the N samples are N noise draws shared by all prompts, so a lucky or unlucky draw moves every prompt
+together. `seed_per_prompt` gives each (prompt i, sample j) its own seed instead (seed + i * N + j, as
+`openblip3o generate` numbers its images), so N samples of P prompts are P * N independent draws.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from ...config import SamplingSettings
 from .layout import prompt_dir, sample_path, write_prompt_metadata
 
 SETTINGS_FILE = "settings.json"
+SEED_SCHEMES = ("shared", "per_prompt")
+# Settings that may differ when a run is resumed (everything else must match what made the images already there).
+RESUMABLE_KEYS = ("commit",)
 
 
 def model_hash(pipe) -> str:
@@ -37,6 +43,31 @@ def _commit() -> str:
                               cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def sample_seed(seed: int, index: int, sample: int, n_samples: int, scheme: str = "shared") -> int:
+    """The seed of prompt `index`'s sample `sample`: seed + sample ("shared", the reference script's scheme) or
+    seed + index * n_samples + sample ("per_prompt")."""
+    if scheme not in SEED_SCHEMES:
+        raise ValueError(f"seed scheme must be one of {SEED_SCHEMES}, got {scheme!r}")
+    return seed + sample + (index * n_samples if scheme == "per_prompt" else 0)
+
+
+def _check_resumable(out: Path, settings: dict) -> None:
+    """Refuse to add images to a folder whose earlier images were made with other settings (mixed runs score as one)."""
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); move the folder aside or pick a new --out") from error
+    before.setdefault("seed_scheme", "shared")  # folders written before the option existed
+    changed = sorted(k for k in settings.keys() | before.keys()
+                     if k not in RESUMABLE_KEYS and settings.get(k) != before.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise ValueError(f"{out} holds images made with other settings ({detail}); pick a new --out to start over")
 
 
 def _finished(out: Path, index: int, n_samples: int) -> bool:
@@ -60,11 +91,15 @@ def resolved_sampling(settings: dict) -> dict:
 
 def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: int = 4, batch_size: int = 16,
                     seed: int = 42, sampling: SamplingSettings = SamplingSettings(), grid: bool = True,
-                    progress: bool = True) -> dict:
-    """Write `n_samples` images per record; prompts already complete are skipped. Returns the settings."""
+                    progress: bool = True, seed_per_prompt: bool = False) -> dict:
+    """Write `n_samples` images per record; prompts already complete are skipped. Returns the settings.
+
+    A folder is resumed only with the settings that made it (model hash, seeds, sampling): else ValueError."""
     out = Path(out_dir)
+    scheme = "per_prompt" if seed_per_prompt else "shared"
+    settings = {**run_settings(pipe, seed, len(records), sampling), "n_samples": n_samples, "seed_scheme": scheme}
+    _check_resumable(out, settings)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {**run_settings(pipe, seed, len(records), sampling), "n_samples": n_samples}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     todo = [(i, j) for i in range(len(records)) if not _finished(out, i, n_samples) for j in range(n_samples)]
     bar = tqdm(total=len(todo), desc="generating", unit="img", disable=not progress)
@@ -72,7 +107,7 @@ def generate_layout(pipe, records: list[dict], out_dir: str | Path, n_samples: i
         chunk = todo[first : first + batch_size]
         images = pipe(
             [records[i]["prompt"] for i, _ in chunk],
-            generator=[torch.Generator().manual_seed(seed + j) for _, j in chunk],
+            generator=[torch.Generator().manual_seed(sample_seed(seed, i, j, n_samples, scheme)) for i, j in chunk],
             **resolved_sampling(settings), progress=False,
         ).images
         for (i, j), image in zip(chunk, images):
