@@ -125,6 +125,11 @@ class DecoderConfig:
     uncond: str = "zeros"  # "zeros" | "empty_prompt": the unconditional features for the decoder's own CFG
     num_inference_steps: int = 50
     guidance_scale: float = 3.0
+    # The UNet is told how rough its tokens are (Imagen's noise-conditioning augmentation): training noises the tokens
+    # at a per-sample level and passes the level in; exact tokens (reconstruction) are decoded at level 0, generated
+    # ones at `generated_level` (chosen by measurement). Off: the level is never seen (earlier decoders).
+    level_conditioning: bool = False
+    generated_level: float = 0.0
 
 
 @dataclass
@@ -147,6 +152,7 @@ class SamplingSettings:
     guidance_scale: float | None = None
     decoder_num_inference_steps: int | None = None
     decoder_guidance_scale: float | None = None
+    decoder_level: float | None = None  # the token-noise level a level-conditioned decoder is told (generated tokens)
 
     def resolved(self, config: ModelConfig) -> SamplingSettings:
         """Every None (and a step count of 0) replaced by the model's default."""
@@ -156,6 +162,7 @@ class SamplingSettings:
             decoder_num_inference_steps=self.decoder_num_inference_steps or config.decoder.num_inference_steps,
             decoder_guidance_scale=(config.decoder.guidance_scale if self.decoder_guidance_scale is None
                                     else self.decoder_guidance_scale),
+            decoder_level=config.decoder.generated_level if self.decoder_level is None else self.decoder_level,
         )
 
     def as_kwargs(self) -> dict:

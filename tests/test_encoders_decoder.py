@@ -362,7 +362,8 @@ def test_decoder_conditioning_augmentation_noises_each_sample_in_the_target_spac
     task = DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=level)
     batch = task.batch(0, 8)
     seen = []
-    model.decoder.loss = lambda images, tokens, generator=None: seen.append(tokens) or tokens.pow(2).mean()
+    model.decoder.loss = (lambda images, tokens, generator=None, level=None:
+                          seen.append(tokens) or tokens.pow(2).mean())
     task.loss(batch, torch.Generator().manual_seed(0))
     moved = (encoder.normalize(seen[0]) - encoder.normalize(batch["tokens"])).pow(2).mean((1, 2)).sqrt()
     assert (moved > 0).all() and (moved <= 1.2 * level).all(), moved  # RMS of level x N(0, 1): at most ~level
@@ -372,3 +373,53 @@ def test_decoder_conditioning_augmentation_noises_each_sample_in_the_target_spac
     assert torch.equal(seen[1], batch["tokens"])
     with pytest.raises(ValueError, match="condition_noise"):
         DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=-1.0)
+
+
+def test_level_conditioned_decoder_starts_as_the_unconditioned_one_then_reads_the_level(tmp_path, tokens):
+    """decoder.level_conditioning: the token-noise level enters the UNet as diffusers' upscaler feeds its noise
+    level (class labels of type "timestep"). Added to a trained decoder it starts zeroed, so the decoder draws exactly
+    as before until training moves it; then the level matters, it must be given, and it survives save / load."""
+    torch.manual_seed(0)
+    leveled = DiffusionDecoder(tiny_decoder_config(), TOKEN_DIM, GRID).eval()
+    decode = lambda d, level: d.decode(tokens, None, 2, 1.0, torch.Generator().manual_seed(3), level=level)
+    before = decode(leveled, 0.0)
+    leveled.add_level_conditioning()
+    assert leveled.cfg.level_conditioning and leveled.unet.config.class_embed_type == "timestep"
+    assert torch.equal(decode(leveled, 1.5), before)
+    with torch.no_grad():
+        torch.nn.init.normal_(leveled.unet.class_embedding.linear_2.weight, std=0.5)
+    assert not torch.allclose(decode(leveled, 0.0), decode(leveled, 1.5), atol=1e-3)
+    with pytest.raises(ValueError, match="token-noise level"):
+        leveled.loss(torch.rand(3, 3, 32, 32), tokens)
+    assert torch.isfinite(leveled.loss(torch.rand(3, 3, 32, 32), tokens, level=torch.tensor([0.0, 1.0, 2.0])))
+    leveled.save_pretrained(tmp_path / "dec")
+    loaded = DiffusionDecoder.from_pretrained(tmp_path / "dec", tiny_decoder_config(level_conditioning=True))
+    assert torch.equal(decode(loaded, 1.5), decode(leveled, 1.5))
+    with pytest.raises(CheckpointError, match="level_conditioning"):
+        DiffusionDecoder.from_pretrained(tmp_path / "dec", tiny_decoder_config())
+    with pytest.raises(ValueError, match="already"):
+        leveled.add_level_conditioning()
+
+
+def test_decoder_task_passes_each_sample_its_noise_level():
+    """With level conditioning the decoder is told each row's augmentation level (0 for exact-token training)."""
+    from openblip3o.data.sources import ShapesSource
+    from openblip3o.training.stages.autoencoder import DecoderTask
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    config.decoder.level_conditioning = True
+    model = BLIP3oPipeline.from_preset("mini", config).model
+    encoder = model.target_encoder
+    task = DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=2.0)
+    batch = task.batch(0, 8)
+    assert torch.isfinite(task.loss(batch, torch.Generator().manual_seed(0))[0])
+    seen = []
+    model.decoder.loss = lambda images, tokens, generator=None, level=None: seen.append((tokens, level)) or tokens.sum()
+    task.loss(batch, torch.Generator().manual_seed(0))
+    tokens, level = seen[0]
+    moved = (encoder.normalize(tokens) - encoder.normalize(batch["tokens"])).pow(2).mean((1, 2)).sqrt()
+    assert level.shape == (8,) and ((level >= 0) & (level <= 2.0)).all()
+    assert torch.corrcoef(torch.stack([moved, level]))[0, 1] > 0.95  # the level told is the noise added
+    DecoderTask(model.decoder, encoder, ShapesSource("train", 0)).loss(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[1][1], torch.zeros(8))

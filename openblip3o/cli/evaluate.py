@@ -133,10 +133,10 @@ MINI = "mini"
 PAIR_BATCH_OPT = typer.Option(64, "--batch-size", help="Prompts per backbone batch, pairs per DiT batch.")
 
 
-def _sampling(steps, cfg, decoder_steps, decoder_cfg):
+def _sampling(steps, cfg, decoder_steps, decoder_cfg, decoder_level=None):
     from ..config import SamplingSettings
 
-    return SamplingSettings(steps, cfg, decoder_steps, decoder_cfg)
+    return SamplingSettings(steps, cfg, decoder_steps, decoder_cfg, decoder_level)
 
 
 def _pipeline(model: str):
@@ -153,6 +153,9 @@ def geneval(
     steps: int = STEPS_OPT, cfg: float = CFG_OPT, decoder_steps: int = DECODER_STEPS_OPT,
     decoder_cfg: float = DECODER_CFG_OPT,
     grid: bool = typer.Option(True, "--grid/--no-grid", help="Also write each prompt's grid.png."),
+    decoder_level: float = typer.Option(
+        None, "--decoder-level",
+        help="Token-noise level a level-conditioned decoder is told (default: the model's decoder.generated_level)."),
     seed_per_prompt: bool = typer.Option(
         False, "--seed-per-prompt",
         help="Give prompt i's sample j the seed seed + i * N + j (independent noise per image) instead of the "
@@ -166,7 +169,7 @@ def geneval(
         raise ValueError("--n-samples and --batch-size must be at least 1")
     records = read_metadata_file(metadata)
     settings = generate_layout(_pipeline(model), records, out, n_samples=n_samples, batch_size=batch_size, seed=seed,
-                               grid=grid, sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg),
+                               grid=grid, sampling=_sampling(steps, cfg, decoder_steps, decoder_cfg, decoder_level),
                                seed_per_prompt=seed_per_prompt)
     typer.echo(f"{len(records)} prompts x {n_samples} images in {out} (model hash {settings['model_hash']})")
 

@@ -69,7 +69,7 @@ def _reconstructor(autoencoder_or_pipeline):
     if hasattr(model, "target_encoder") and hasattr(model, "decode"):
         def reconstruct(images, num_inference_steps, guidance_scale, generator):
             tokens = model.target_encoder.encode(images)
-            return model.decode(tokens, None, generator, num_inference_steps, guidance_scale)
+            return model.decode(tokens, None, generator, num_inference_steps, guidance_scale, level=0.0)
         return reconstruct
     if callable(model):
         return model

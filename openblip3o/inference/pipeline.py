@@ -128,11 +128,13 @@ class BLIP3oPipeline:
                  num_images_per_prompt: int = 1, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, decoder_num_inference_steps: int | None = None,
                  decoder_guidance_scale: float | None = None, generator: Generators = None,
-                 output_type: str = "pil", progress: bool = True) -> BLIP3oPipelineOutput:
+                 output_type: str = "pil", progress: bool = True,
+                 decoder_level: float | None = None) -> BLIP3oPipelineOutput:
         """Generate `num_images_per_prompt` images for every prompt, in one batch.
 
         A list of generators (one per image) gives each image its own seed: an image is then the same whether
-        generated alone or in a batch.
+        generated alone or in a batch. decoder_level: the token-noise level a level-conditioned decoder is told
+        (default the model's `decoder.generated_level`).
         """
         prompts = _as_list(prompt, "prompt")
         if num_images_per_prompt < 1:
@@ -152,7 +154,8 @@ class BLIP3oPipeline:
         if isinstance(generator, list) and len(generator) != len(prompts):
             raise ValueError(f"{len(generator)} generators for {len(prompts)} images: give one per image")
         tokens = self.model.sample_tokens(prompts, negatives, generator, num_inference_steps, guidance_scale, progress)
-        images = self.model.decode(tokens, None, generator, decoder_num_inference_steps, decoder_guidance_scale, progress)
+        images = self.model.decode(tokens, None, generator, decoder_num_inference_steps, decoder_guidance_scale, progress,
+                                   level=decoder_level)
         return BLIP3oPipelineOutput(images=self._convert(images.clamp(0, 1), output_type))
 
     @staticmethod

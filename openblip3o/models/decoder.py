@@ -31,6 +31,10 @@ CONFIG_FILE = "decoder.json"
 SPATIAL_UPSAMPLE_MODE = "nearest"  # each latent cell sees exactly the token of its grid cell
 SDXL_TIME_IDS = 6  # (original H, W), (crop top, left), (target H, W)
 DEFAULT_OBJECTIVE = ObjectiveConfig(name="flow_matching", prediction="sample", condition_dropout=0.1)
+# The token-noise level (target units, ~0-2) enters the UNet as diffusers' upscaler feeds its noise level: as class
+# labels of class_embed_type "timestep" (sinusoids, then an MLP added to the time embedding), scaled to timestep range.
+LEVEL_EMBED_TYPE = "timestep"
+LEVEL_EMBED_SCALE = 500.0
 
 
 class ConditionProjector(nn.Module):
@@ -87,7 +91,8 @@ class DiffusionDecoder(nn.Module):
         self.latent_size, self.latent_channels = cfg.image_size // self.factor, self.vae.config.latent_channels
         spatial = cfg.spatial_channels if cfg.spatial_conditioning else 0
         self.unet = unet if unet is not None else UNet2DConditionModel(**self._unet_kwargs(cfg, spatial))
-        expected = {"in_channels": self.latent_channels + spatial, "out_channels": self.latent_channels}
+        expected = {"in_channels": self.latent_channels + spatial, "out_channels": self.latent_channels,
+                    "class_embed_type": LEVEL_EMBED_TYPE if cfg.level_conditioning else None}
         wrong = {k: (self.unet.config[k], v) for k, v in expected.items() if self.unet.config[k] != v}
         if wrong:
             raise ValueError(f"decoder.unet channels (given, needed): {wrong}")
@@ -103,14 +108,43 @@ class DiffusionDecoder(nn.Module):
     def _unet_kwargs(self, cfg: DecoderConfig, spatial: int) -> dict:
         derived = {"in_channels": self.latent_channels + spatial, "out_channels": self.latent_channels,
                    "sample_size": self.latent_size}
+        if cfg.level_conditioning:
+            derived["class_embed_type"] = LEVEL_EMBED_TYPE
         clash = {k: (cfg.unet[k], v) for k, v in derived.items() if k in cfg.unet and cfg.unet[k] != v}
         if clash:
             raise ValueError(f"decoder.unet values (given, derived) disagree: {clash}")
         return {**cfg.unet, **derived}
 
+    @property
+    def level_conditioning(self) -> bool:
+        return self.cfg.level_conditioning
+
+    @torch.no_grad()
+    def add_level_conditioning(self) -> None:
+        """Give a decoder trained without levels the level input, zero-initialised where it joins the time embedding,
+        so it draws exactly as before until fine-tuning (`decoder.level_conditioning` must then be set in the saved
+        config; it is: the config object is shared). The UNet is rebuilt from its config with the class embedding and its weights copied over."""
+        if self.level_conditioning:
+            raise ValueError("this decoder already reads the token-noise level")
+        unet = UNet2DConditionModel.from_config(self.unet.config, class_embed_type=LEVEL_EMBED_TYPE)
+        missing, unexpected = unet.load_state_dict(self.unet.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("class_embedding.") for k in missing):
+            raise RuntimeError(f"rebuilding the UNet lost weights: missing {missing}, unexpected {unexpected}")
+        nn.init.zeros_(unet.class_embedding.linear_2.weight)
+        nn.init.zeros_(unet.class_embedding.linear_2.bias)
+        self.unet = unet.to(next(self.unet.parameters()))
+        self.cfg.level_conditioning = True  # in place: the model's config (saved with the pipeline) is this object
+
     def forward(self, x_t: torch.Tensor, timestep: torch.Tensor, tokens: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B, C, h, w) latents; timestep (B,); tokens (B, G*G, D) -> prediction (B, C, h, w)."""
+                mask: torch.Tensor | None = None, level: float | torch.Tensor | None = None) -> torch.Tensor:
+        """x_t (B, C, h, w) latents; timestep (B,); tokens (B, G*G, D) -> prediction (B, C, h, w).
+        level: the tokens' noise level, a number or (B,), for a decoder with level conditioning."""
+        labels = None
+        if self.level_conditioning:
+            if level is None:
+                raise ValueError("this decoder is conditioned on the token-noise level: pass one (0 = exact tokens)")
+            labels = torch.as_tensor(level, dtype=torch.float32, device=x_t.device).expand(x_t.shape[0])
+            labels = labels * LEVEL_EMBED_SCALE
         states, pooled, spatial = self.condition(tokens.to(x_t.dtype))
         if spatial is not None:
             spatial = F.interpolate(spatial, size=x_t.shape[-2:], mode=SPATIAL_UPSAMPLE_MODE)
@@ -120,7 +154,8 @@ class DiffusionDecoder(nn.Module):
             size = self.cfg.image_size
             time_ids = torch.tensor([size, size, 0, 0, size, size], dtype=x_t.dtype, device=x_t.device)
             added = {"text_embeds": pooled, "time_ids": time_ids.expand(x_t.shape[0], -1)}
-        return self.unet(x_t, timestep, encoder_hidden_states=states, added_cond_kwargs=added, return_dict=False)[0]
+        return self.unet(x_t, timestep, encoder_hidden_states=states, class_labels=labels, added_cond_kwargs=added,
+                         return_dict=False)[0]
 
     @torch.no_grad()
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,9 +166,19 @@ class DiffusionDecoder(nn.Module):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return ((self.vae.decode(latents / self.vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
-    def loss(self, images: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Flow-matching loss of the UNet on the images' latents, conditioned on their tokens (B, G*G, D)."""
-        return self.objective.loss(self, self.encode_latents(images), tokens, None, generator)
+    def _network(self, level: float | torch.Tensor | None):
+        """The objective's `network(x_t, t, cond, mask)`, with the level bound for a decoder that reads one."""
+        if not self.level_conditioning:
+            return self
+        if level is None:
+            raise ValueError("this decoder is conditioned on the token-noise level: pass one (0 = exact tokens)")
+        return lambda x_t, timestep, tokens, mask: self(x_t, timestep, tokens, mask, level)
+
+    def loss(self, images: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None,
+             level: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching loss of the UNet on the images' latents, conditioned on their tokens (B, G*G, D) and, with
+        level conditioning, on the (B,) noise levels they were augmented with."""
+        return self.objective.loss(self._network(level), self.encode_latents(images), tokens, None, generator)
 
     def vae_loss(self, images: torch.Tensor, kl_weight: float = KL_WEIGHT) -> torch.Tensor:
         """Train the VAE first (call `vae.requires_grad_(True)`): KL-regularised reconstruction of [0, 1] images."""
@@ -150,15 +195,16 @@ class DiffusionDecoder(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, uncond_tokens: torch.Tensor | None = None, num_inference_steps: int = 50,
                guidance_scale: float = 3.0, generator: torch.Generator | list[torch.Generator] | None = None,
-               progress: bool = False, **sampler_options) -> torch.Tensor:
+               progress: bool = False, level: float = 0.0, **sampler_options) -> torch.Tensor:
         """tokens (B, G*G, D) -> images (B, 3, H, W) in [0, 1]. uncond None = zero tokens (the dropped condition of
         training); guidance 1.0 runs the conditional branch only. A list of generators gives each image its own
-        noise, so a batch decodes exactly as its images one at a time. `sampler_options` go to
+        noise, so a batch decodes exactly as its images one at a time. level: how rough the tokens are, for a decoder
+        with level conditioning (0 = exact tokens of an image; ignored without). `sampler_options` go to
         `FlowMatching.sample` (solver, guided_fraction, batched_guidance)."""
         shape = (tokens.shape[0], self.latent_channels, self.latent_size, self.latent_size)
         dtype = next(self.unet.parameters()).dtype
         noise = randn_tensor(shape, generator=generator, device=tokens.device, dtype=dtype)
-        latents = self.objective.sample(self, noise, tokens.to(dtype), None,
+        latents = self.objective.sample(self._network(level), noise, tokens.to(dtype), None,
                                         None if uncond_tokens is None else uncond_tokens.to(dtype), None,
                                         num_inference_steps, guidance_scale, progress, **sampler_options)
         return self.decode_latents(latents)
@@ -166,7 +212,8 @@ class DiffusionDecoder(nn.Module):
     def config_dict(self) -> dict:
         return {"token_dim": self.token_dim, "grid_size": self.grid_size, "image_size": self.cfg.image_size,
                 "spatial_conditioning": self.cfg.spatial_conditioning, "spatial_channels": self.cfg.spatial_channels,
-                "projection": self.condition.mode, "objective": asdict(self.objective_config)}
+                "projection": self.condition.mode, "objective": asdict(self.objective_config),
+                "level_conditioning": self.level_conditioning}
 
     def save_pretrained(self, directory: str | Path) -> None:
         """unet/ and vae/ (diffusers, safetensors), condition.safetensors, decoder.json."""
@@ -184,7 +231,9 @@ class DiffusionDecoder(nn.Module):
         directory = Path(directory)
         require_files(directory, [CONFIG_FILE, PROJECTION_FILE, "unet/config.json", "vae/config.json"], "decoder")
         saved = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        differ = {k: (getattr(cfg, k), saved[k]) for k in ("image_size", "spatial_conditioning", "spatial_channels")
+        saved.setdefault("level_conditioning", False)  # decoders saved before the option
+        differ = {k: (getattr(cfg, k), saved[k])
+                  for k in ("image_size", "spatial_conditioning", "spatial_channels", "level_conditioning")
                   if getattr(cfg, k) != saved[k] and (k != "spatial_channels" or cfg.spatial_conditioning)}
         if differ:
             raise CheckpointError(f"decoder: config (given, saved) differs from {directory}: {differ}")

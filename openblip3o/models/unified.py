@@ -123,8 +123,10 @@ class BLIP3oModel(nn.Module):
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, uncond_tokens: torch.Tensor | None = None, generator: Generators = None,
                num_inference_steps: int | None = None, guidance_scale: float | None = None,
-               progress: bool = False) -> torch.Tensor:
-        """Target tokens (B, G*G, D) -> images (B, 3, H, W) in [0, 1]."""
+               progress: bool = False, level: float | None = None) -> torch.Tensor:
+        """Target tokens (B, G*G, D) -> images (B, 3, H, W) in [0, 1]. level: how rough the tokens are, for a decoder
+        told so (`decoder.level_conditioning`): None = `decoder.generated_level` (tokens from the DiT); pass 0 for
+        the exact tokens of an image."""
         if self.decoder is None:  # VAE latents are decoded by the VAE alone
             return self.target_encoder.decode(tokens)
         if uncond_tokens is None:
@@ -134,6 +136,7 @@ class BLIP3oModel(nn.Module):
         return self.decoder.decode(
             tokens, uncond_tokens, num_inference_steps=settings.decoder_num_inference_steps,
             guidance_scale=settings.decoder_guidance_scale, generator=generator, progress=progress,
+            level=self.config.decoder.generated_level if level is None else level,
         )
 
     @torch.no_grad()

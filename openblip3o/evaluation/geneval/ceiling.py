@@ -48,7 +48,7 @@ def autoencoder_ceiling(pipe_or_model, records: list[dict], n_samples: int = 1, 
                 tokens = model.target_encoder.denormalize(model.target_encoder.normalize(tokens))
             generators = [torch.Generator().manual_seed(i * n_samples + j) for i, j, _ in chunk]
             decoded = to_pil(model.decode(tokens, generator=generators, num_inference_steps=num_inference_steps,
-                                          guidance_scale=guidance_scale))
+                                          guidance_scale=guidance_scale, level=0.0))  # exact tokens
             for (_, _, rec), render, image in zip(chunk, renders, decoded):
                 rows.append({"tag": rec["tag"], "correct": score_image(rec, image)[0]})
                 truth_rows.append({"tag": rec["tag"], "correct": score_image(rec, render)[0]})

@@ -63,8 +63,9 @@ def _check_resumable(out: Path, settings: dict) -> None:
     except (OSError, ValueError) as error:
         raise ValueError(f"{path} is unreadable ({error}); move the folder aside or pick a new --out") from error
     before.setdefault("seed_scheme", "shared")  # folders written before the option existed
-    changed = sorted(k for k in settings.keys() | before.keys()
-                     if k not in RESUMABLE_KEYS and settings.get(k) != before.get(k))
+    # A setting an older version did not record (it had no such choice) is not a change.
+    changed = sorted(k for k in settings.keys() & before.keys()
+                     if k not in RESUMABLE_KEYS and settings[k] != before[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
         raise ValueError(f"{out} holds images made with other settings ({detail}); pick a new --out to start over")

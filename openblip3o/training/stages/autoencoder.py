@@ -214,18 +214,23 @@ class DecoderTask(SourceState):
             return {"images": images, "tokens": self.encoder.encode(images)}
 
     @torch.no_grad()
-    def augment(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Raw tokens (B, N, D) -> the same, noised in the target space at per-sample levels U(0, condition_noise)."""
+    def augment(self, tokens: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw tokens (B, N, D) -> the same noised in the target space at per-sample levels U(0, condition_noise),
+        and those (B,) levels."""
         target = self.encoder.normalize(tokens)
-        level = torch.rand(target.shape[0], 1, 1, generator=generator, device=target.device) * self.condition_noise
+        level = torch.rand(target.shape[0], generator=generator, device=target.device) * self.condition_noise
         noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
-        return self.encoder.denormalize(target + level * noise)
+        return self.encoder.denormalize(target + level[:, None, None] * noise), level
 
     def loss(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         tokens = batch["tokens"]
+        level = torch.zeros(tokens.shape[0], device=tokens.device)
         if self.condition_noise:
-            tokens = self.augment(tokens, generator)
-        loss = self.decoder.loss(batch["images"], tokens)
+            tokens, level = self.augment(tokens, generator)
+        # A decoder told the level learns to trust exact tokens and to read rough ones loosely; one that is not
+        # told draws every token set as if it were rough (measured: the exact-token ceiling falls as the noise rises).
+        loss = self.decoder.loss(batch["images"], tokens, level=level if self.decoder.level_conditioning else None)
         return loss, {"flow": loss.item()}
 
     def finish(self) -> None:
