@@ -423,3 +423,12 @@ def test_decoder_task_passes_each_sample_its_noise_level():
     assert torch.corrcoef(torch.stack([moved, level]))[0, 1] > 0.95  # the level told is the noise added
     DecoderTask(model.decoder, encoder, ShapesSource("train", 0)).loss(batch, torch.Generator().manual_seed(0))
     assert torch.equal(seen[1][1], torch.zeros(8))
+    half = DecoderTask(model.decoder, encoder, ShapesSource("train", 0), condition_noise=2.0, exact_rate=0.5)
+    half.loss(task.batch(0, 64), torch.Generator().manual_seed(0))
+    tokens, level = seen[2]
+    exact = level == 0
+    assert 16 <= int(exact.sum()) <= 48, level  # about half the rows kept exact, and told so
+    round_trip = encoder.denormalize(encoder.normalize(task.batch(0, 64)["tokens"]))  # the DiT's target space
+    assert torch.allclose(tokens[exact], round_trip[exact]) and (level[~exact] > 0).all()
+    with pytest.raises(ValueError, match="exact_rate"):
+        DecoderTask(model.decoder, encoder, ShapesSource("train", 0), exact_rate=1.5)

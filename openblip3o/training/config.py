@@ -112,6 +112,9 @@ class TrainConfig:
     # autoencoder: the decoder's conditioning augmentation, the largest noise level (target units) its tokens are
     # noised with in the DiT's target space (0 = exact tokens, as BLIP3-o's decoder); see DecoderTask
     decoder_condition_noise: float = 0.0
+    # autoencoder: the share of the decoder's rows kept exact (level 0) under conditioning augmentation, so a decoder
+    # told the level (decoder.level_conditioning) also learns exact tokens as often as noised ones
+    decoder_exact_rate: float = 0.0
     # generation: the last K language layers of the backbone learn too (0 = BLIP3-o's frozen backbone); check VQA
     generation_trainable_layers: int = 0
     # generation and instruct: the learnable queries learn (BLIP3-o). At mini scale they measured better frozen at

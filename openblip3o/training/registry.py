@@ -110,7 +110,8 @@ def _autoencoder_part(name: str) -> Stage:
     def make(ctx: StageContext) -> Task:
         return autoencoder_tasks(ctx.model, ctx.config.seed, ctx.config.data.autoencoder,
                                  label_weight=ctx.config.encoder_label_weight,
-                                 condition_noise=ctx.config.decoder_condition_noise)[name]()
+                                 condition_noise=ctx.config.decoder_condition_noise,
+                                 exact_rate=ctx.config.decoder_exact_rate)[name]()
 
     return Stage(make, name, finish=_finish_task, applies=lambda model: name in autoencoder_tasks(model))
 

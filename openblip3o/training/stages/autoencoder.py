@@ -193,11 +193,14 @@ class DecoderTask(SourceState):
 
     name = "decoder"
 
-    def __init__(self, decoder: DiffusionDecoder, encoder, source: DataSource, condition_noise: float = 0.0):
+    def __init__(self, decoder: DiffusionDecoder, encoder, source: DataSource, condition_noise: float = 0.0,
+                 exact_rate: float = 0.0):
         if condition_noise < 0:
             raise ValueError(f"condition_noise must be >= 0, got {condition_noise}")
+        if not 0.0 <= exact_rate <= 1.0:
+            raise ValueError(f"exact_rate must be within [0, 1], got {exact_rate}")
         self.decoder, self.encoder, self.source = decoder, encoder, source
-        self.condition_noise = condition_noise
+        self.condition_noise, self.exact_rate = condition_noise, exact_rate
         decoder.vae.requires_grad_(False).eval()
         encoder.eval().requires_grad_(False)
         decoder.unet.train()
@@ -216,10 +219,12 @@ class DecoderTask(SourceState):
     @torch.no_grad()
     def augment(self, tokens: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw tokens (B, N, D) -> the same noised in the target space at per-sample levels U(0, condition_noise),
-        and those (B,) levels."""
+        """Raw tokens (B, N, D) -> the same noised in the target space at per-sample levels U(0, condition_noise)
+        (0 for a share `exact_rate` of the rows), and those (B,) levels."""
         target = self.encoder.normalize(tokens)
         level = torch.rand(target.shape[0], generator=generator, device=target.device) * self.condition_noise
+        noised = torch.rand(target.shape[0], generator=generator, device=target.device) >= self.exact_rate
+        level = level * noised.to(level.dtype)
         noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
         return self.encoder.denormalize(target + level[:, None, None] * noise), level
 
@@ -263,12 +268,13 @@ class TargetVAETask(SourceState):
 
 
 def autoencoder_tasks(model: BLIP3oModel, seed: int = 0, data: DataSourceConfig | None = None,
-                      label_weight: float = 0.0, condition_noise: float = 0.0) -> dict[str, Callable]:
+                      label_weight: float = 0.0, condition_noise: float = 0.0,
+                      exact_rate: float = 0.0) -> dict[str, Callable]:
     """{sub-stage: task factory} in training order; built lazily, since each needs the one before trained.
 
     Each sub-stage gets its own source (one sequential reader per task for shards), all reading `data`.
-    label_weight: the encoder's per-token label heads (`EncoderTask`); condition_noise: the decoder's conditioning
-    augmentation (`DecoderTask`)."""
+    label_weight: the encoder's per-token label heads (`EncoderTask`); condition_noise, exact_rate: the decoder's
+    conditioning augmentation (`DecoderTask`)."""
     if model.decoder is None:  # target kind "vae": the target VAE is the whole autoencoder
         return {"vae": lambda: TargetVAETask(model.target_encoder, build_source(data, seed))}
     return {
@@ -276,5 +282,5 @@ def autoencoder_tasks(model: BLIP3oModel, seed: int = 0, data: DataSourceConfig 
         "encoder": lambda: EncoderTask(model.target_encoder, model.backbone.tokenizer, build_source(data, seed),
                                        label_weight=label_weight),
         "decoder": lambda: DecoderTask(model.decoder, model.target_encoder, build_source(data, seed),
-                                       condition_noise=condition_noise),
+                                       condition_noise=condition_noise, exact_rate=exact_rate),
     }
