@@ -122,8 +122,9 @@ class DiffusionDecoder(nn.Module):
     @torch.no_grad()
     def add_level_conditioning(self) -> None:
         """Give a decoder trained without levels the level input, zero-initialised where it joins the time embedding,
-        so it draws exactly as before until fine-tuning (`decoder.level_conditioning` must then be set in the saved
-        config; it is: the config object is shared). The UNet is rebuilt from its config with the class embedding and its weights copied over."""
+        so it draws exactly as before until fine-tuning. The UNet is rebuilt from its config with the class embedding
+        and its weights copied over; `cfg.level_conditioning` is set in place, so the model's config (the same
+        object, saved with the pipeline) says so too."""
         if self.level_conditioning:
             raise ValueError("this decoder already reads the token-noise level")
         unet = UNet2DConditionModel.from_config(self.unet.config, class_embed_type=LEVEL_EMBED_TYPE)
