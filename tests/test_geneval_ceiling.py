@@ -23,7 +23,9 @@ class PassThrough(torch.nn.Module):
         self.target_encoder.normalize = self.target_encoder.denormalize = lambda tokens: tokens
         self.seen_generators = []
 
-    def decode(self, tokens, generator=None, num_inference_steps=None, guidance_scale=None):
+    def decode(self, tokens, generator=None, num_inference_steps=None, guidance_scale=None, level=None):
+        # The ceiling decodes an image's exact tokens: a level-conditioned decoder must be told level 0.
+        assert level == 0.0, level
         self.seen_generators += [g.initial_seed() for g in generator]
         return torch.zeros_like(tokens) if self.blank else tokens
 
