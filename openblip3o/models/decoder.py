@@ -168,11 +168,10 @@ class DiffusionDecoder(nn.Module):
         return ((self.vae.decode(latents / self.vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
     def _network(self, level: float | torch.Tensor | None):
-        """The objective's `network(x_t, t, cond, mask)`, with the level bound for a decoder that reads one."""
+        """The objective's `network(x_t, t, cond, mask)`, with the level bound for a decoder that reads one
+        (`forward` refuses a missing one)."""
         if not self.level_conditioning:
             return self
-        if level is None:
-            raise ValueError("this decoder is conditioned on the token-noise level: pass one (0 = exact tokens)")
         return lambda x_t, timestep, tokens, mask: self(x_t, timestep, tokens, mask, level)
 
     def loss(self, images: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None,

@@ -223,8 +223,9 @@ class DecoderTask(SourceState):
         (0 for a share `exact_rate` of the rows), and those (B,) levels."""
         target = self.encoder.normalize(tokens)
         level = torch.rand(target.shape[0], generator=generator, device=target.device) * self.condition_noise
-        noised = torch.rand(target.shape[0], generator=generator, device=target.device) >= self.exact_rate
-        level = level * noised.to(level.dtype)
+        if self.exact_rate > 0:  # drawn only when asked, so recipes without it keep their random stream
+            noised = torch.rand(target.shape[0], generator=generator, device=target.device) >= self.exact_rate
+            level = level * noised.to(level.dtype)
         noise = torch.randn(target.shape, generator=generator, device=target.device, dtype=target.dtype)
         return self.encoder.denormalize(target + level[:, None, None] * noise), level
 
