@@ -9,6 +9,7 @@ makes their counts exact). Only the detector differs: ours reads flat-coloured S
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # GenEval's POSITION_THRESHOLD: each axis of the centre offset shrinks by this fraction of the two sizes.
@@ -109,3 +110,33 @@ def evaluate(metadata: dict, detections: list[Detection]) -> tuple[bool, str]:
             correct = False
             reasons.append(f"expected {name}<{count}, found {len(by_class[name])}")
     return correct, "\n".join(reasons)
+
+
+# What kind of mistake each reason line of `evaluate` names, in the order a fix should look at them: an object not
+# drawn (or not recognisable) hides whether its colour or place would have been right. "no target" follows a
+# target group that already failed, so it adds nothing of its own.
+FAILURE_KINDS = ("missing", "extra", "colour", "relation")
+_REASON_KINDS = (
+    (re.compile(r"^expected \S+>=\d+, found \d+$"), "missing"),
+    (re.compile(r"^expected \S+<\d+, found \d+$"), "extra"),
+    (re.compile(r"^expected \S+ \S+>=\d+, found \d+ "), "colour"),
+    (re.compile(r"^expected \S+ (left of|right of|above|below) target, found "), "relation"),
+    (re.compile(r"^no target for "), None),
+)
+UNREADABLE = "unreadable"  # a reason `evaluate` did not write: the image could not be read (score.py)
+
+
+def failure_kinds(reason: str) -> set[str]:
+    """The kinds of mistake in one `evaluate` reason (empty for a correct image); UNREADABLE for any other text."""
+    kinds: set[str] = set()
+    for line in filter(None, reason.splitlines()):
+        kind = next((k for pattern, k in _REASON_KINDS if pattern.match(line)), UNREADABLE)
+        if kind is not None:
+            kinds.add(kind)
+    return kinds
+
+
+def first_failure(reason: str) -> str | None:
+    """The kind to fix first (FAILURE_KINDS order), None for a correct image."""
+    kinds = failure_kinds(reason)
+    return next((k for k in (*FAILURE_KINDS, UNREADABLE) if k in kinds), None)
