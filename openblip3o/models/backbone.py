@@ -235,19 +235,27 @@ class Backbone(nn.Module):
         return self.queries.device
 
     # ----------------------------------------------------------------------------------------------- generation path
-    def condition(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def condition(self, prompts: list[str], word_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The DiT's condition for B prompts: (B, N, D) normalised, projected query states and the (B, N) mask."""
-        return self.condition_from_ids(*self.generation_ids(prompts))
+        return self.condition_from_ids(*self.generation_ids(prompts), word_keep=word_keep)
 
-    def condition_from_ids(self, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def word_keep(self, batch: int) -> torch.Tensor | None:
+        """(B, 1) bool: which rows keep the first word part under `condition_word_dropout` in training; None when
+        nothing is dropped (inference, or no dropout)."""
+        if not (self.training and self.cfg.condition_word_dropout > 0 and self._word_parts()):
+            return None
+        return torch.rand(batch, 1, device=self.device) >= self.cfg.condition_word_dropout
+
+    def condition_from_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           word_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`condition` on token ids already in the generation template (what `generation_ids` returns).
 
         With `condition_embeddings` the template's words (unit RMS, `word_projector`) precede the query part: (B, L, D)
         and the (B, L) mask, padding masked. The words are the input embeddings (`condition_word_layer` 0) or the
         language model's states at their positions, from the same forward pass as the query states. With
         `condition_state_layer` a second word part (`state_projector`) follows the first: (B, 2 L - N, D). In training
-        `condition_word_dropout` of the rows have their first word part zeroed and masked.
+        `condition_word_dropout` of the rows have their first word part zeroed and masked: drawn here, or `word_keep`
+        (B, 1) bool from `word_keep()` when rows must share one draw (a caption and its binding negative).
         """
         parts = self._word_parts()
         states, mask, words = self._generation_forward(input_ids, attention_mask, [layer for layer, _ in parts])
@@ -258,8 +266,8 @@ class Backbone(nn.Module):
         rows = [projector(F.rms_norm(part.to(condition.dtype), part.shape[-1:], eps=RMS_EPS))  # unit RMS in
                 for (_, projector), part in zip(parts, words)]
         masks = [word_mask] * len(rows)
-        if self.training and self.cfg.condition_word_dropout > 0:
-            keep = torch.rand(word_mask.shape[0], 1, device=word_mask.device) >= self.cfg.condition_word_dropout
+        keep = word_keep if word_keep is not None else self.word_keep(word_mask.shape[0])
+        if keep is not None:
             rows[0] = rows[0] * keep.unsqueeze(-1).to(rows[0].dtype)
             masks[0] = word_mask * keep.to(word_mask.dtype)
         return torch.cat([*rows, condition], dim=1), torch.cat([*masks, mask], dim=1)

@@ -10,7 +10,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from ..config import ModelConfig, SamplingSettings
+from ..config import ConfigError, ModelConfig, SamplingSettings
 from ..objectives import build_objective
 from .backbone import Backbone
 from .decoder import DiffusionDecoder, build_decoder
@@ -74,13 +74,38 @@ class BLIP3oModel(nn.Module):
         return (self.target_encoder.latent_dim, self.grid_size, self.grid_size)
 
     # --- training -----------------------------------------------------------------------------------------------
-    def generation_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
-        """images: (B, 3, H, W) in [0, 1]; captions: B strings -> scalar loss of the objective."""
+    def generation_loss(self, images: torch.Tensor, captions: list[str], generator: torch.Generator | None = None,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+        """images: (B, 3, H, W) in [0, 1]; captions: B strings -> scalar loss of the objective. weights: (B, 1, G, G)
+        per-token loss weights on the DiT's grid, or None (every token alike, BLIP3-o)."""
         with torch.no_grad():
             targets = self.target_encoder.normalize(self.target_encoder.encode(images))
         # Gradients reach the queries through the backbone even when its own weights are frozen.
         cond, mask = self.backbone.condition(captions)
-        return self.objective.loss(self.generator, tokens_to_grid(targets, self.grid_size), cond, mask, generator)
+        return self.objective.loss(self.generator, tokens_to_grid(targets, self.grid_size), cond, mask, generator,
+                                   weights)
+
+    def generation_binding_losses(self, images: torch.Tensor, captions: list[str], negatives: list[str | None],
+                                  generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generation loss and the binding hinge (objectives' `binding_loss`): images (B, 3, H, W) in [0, 1],
+        B captions and B negatives (a caption's words bound differently, data/shapes/negatives.py; None where the
+        caption has none). A caption and its negative share one draw of the word dropout, so the hinge sees only
+        how the words are bound. Returns two scalars."""
+        if not hasattr(self.objective, "binding_loss"):
+            raise ConfigError(f"the binding loss needs the flow-matching objective, not {self.config.objective.name!r}")
+        with torch.no_grad():
+            targets = self.target_encoder.normalize(self.target_encoder.encode(images))
+        pairs = [i for i, negative in enumerate(negatives) if negative is not None]
+        count = len(captions)
+        keep = self.backbone.word_keep(count)
+        if keep is not None:
+            keep = torch.cat([keep, keep[pairs]])
+        cond, mask = self.backbone.condition(list(captions) + [negatives[i] for i in pairs], word_keep=keep)
+        split_mask = (None, None) if mask is None else (mask[:count], mask[count:])
+        return self.objective.binding_loss(
+            self.generator, tokens_to_grid(targets, self.grid_size), cond[:count], split_mask[0], cond[count:],
+            split_mask[1], torch.tensor(pairs, dtype=torch.long, device=cond.device), generator, weights)
 
     def understanding_loss(self, images, questions: list[str], answers: list[str],
                            follow_ups: list[list[tuple[str, str]]] | None = None) -> torch.Tensor:

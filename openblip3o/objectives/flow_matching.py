@@ -17,11 +17,22 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedul
 from tqdm.auto import tqdm
 
 from ..config import ObjectiveConfig
+from .weighting import per_sample_mse, weighted_mse
 
 Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 MIN_SIGMA = 1e-4  # converting a sample prediction to a velocity divides by sigma
 SOLVERS = ("euler", "dpm")
 DPM_ORDER = 2  # DPMSolverMultistep's second-order update
+# The binding hinge is satisfied once a negative's error exceeds the caption's by this share of it; it asks nothing of
+# rows noisier than BINDING_MAX_SIGMA, where x_t shows too little of the layout to say which object is which.
+BINDING_MARGIN, BINDING_MAX_SIGMA = 0.05, 0.8
+
+
+def condition_keep(batch: int, probability: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) bool: which samples keep their condition under classifier-free guidance dropout of `probability`."""
+    if probability <= 0:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    return torch.rand(batch, generator=generator, device=device) >= probability
 
 
 def drop_condition(cond: torch.Tensor, probability: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -31,7 +42,7 @@ def drop_condition(cond: torch.Tensor, probability: float, generator: torch.Gene
     """
     if probability <= 0:
         return cond
-    keep = torch.rand(cond.shape[0], generator=generator, device=cond.device) >= probability
+    keep = condition_keep(cond.shape[0], probability, cond.device, generator)
     return cond * keep[:, None, None].to(cond.dtype)
 
 
@@ -58,8 +69,9 @@ class FlowMatching:
         return out
 
     def loss(self, network: Network, x0: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error of the prediction (fp32). x0: (B, C, H, W) clean targets; cond: (B, L, D)."""
+             generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error of the prediction (fp32). x0: (B, C, H, W) clean targets; cond: (B, L, D);
+        weights: (B, 1, H, W) per-position weights (objectives/weighting.py) or None."""
         batch = x0.shape[0]
         sigma = self.sample_sigmas(batch, x0.device, generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -68,7 +80,40 @@ class FlowMatching:
         cond = drop_condition(cond, self.config.condition_dropout, generator)
         out = network(x_t, self.timestep(sigma), cond, cond_mask)
         target = x0 if self.config.prediction == "sample" else noise - x0
-        return F.mse_loss(out.float(), target.float())
+        return weighted_mse(out, target, weights)
+
+    def binding_loss(self, network: Network, x0: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None,
+                     negative: torch.Tensor, negative_mask: torch.Tensor | None, pairs: torch.Tensor,
+                     generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
+                     margin: float = BINDING_MARGIN, max_sigma: float = BINDING_MAX_SIGMA,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flow loss and a binding hinge from one batched pass: for each row in `pairs`, the same x_t is
+        denoised from its caption's condition and from its negative's (objectives' callers build negatives with
+        data/shapes/negatives.py: the same words, bound differently), and the hinge asks the caption to explain it
+        better: mean of relu(err_caption - err_negative + margin * err_caption) over pairs whose condition was kept
+        and whose sigma <= max_sigma (near pure noise nothing says which object is which, so no row there is asked).
+
+        x0: (B, C, H, W); cond: (B, L, D); negative: (P, L, D) for the P rows `pairs` (P,) names, padded alike.
+        Returns (flow loss as `loss` computes it, binding hinge), scalars in fp32.
+        """
+        batch = x0.shape[0]
+        sigma = self.sample_sigmas(batch, x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        x_t = (1 - s) * x0 + s * noise
+        keep = condition_keep(batch, self.config.condition_dropout, x0.device, generator)
+        cond = cond * keep[:, None, None].to(cond.dtype)
+        masks = None if cond_mask is None else torch.cat([cond_mask, negative_mask])
+        out = network(torch.cat([x_t, x_t[pairs]]), self.timestep(torch.cat([sigma, sigma[pairs]])),
+                      torch.cat([cond, negative]), masks)
+        target = x0 if self.config.prediction == "sample" else noise - x0
+        flow = weighted_mse(out[:batch], target, weights)
+        pair_weights = None if weights is None else weights[pairs]
+        err_caption = per_sample_mse(out[pairs], target[pairs], pair_weights)
+        err_negative = per_sample_mse(out[batch:], target[pairs], pair_weights)
+        asked = keep[pairs] & (sigma[pairs] <= max_sigma)
+        hinge = F.relu(err_caption - err_negative + margin * err_caption.detach())
+        return flow, (hinge[asked].mean() if bool(asked.any()) else hinge.sum() * 0.0)
 
     def scheduler(self, solver: str = "euler"):
         """The sampling scheduler: diffusers' FlowMatchEuler (as trained), or DPMSolverMultistep on flow sigmas

@@ -7,10 +7,10 @@ comparison changes the objective only.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ObjectiveConfig
 from .flow_matching import Network
+from .weighting import weighted_mse
 
 
 class MSERegression:
@@ -23,8 +23,9 @@ class MSERegression:
         return network(x, timestep, cond, cond_mask)
 
     def loss(self, network: Network, x0: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        return F.mse_loss(self._predict(network, x0.shape, cond, cond_mask, x0.dtype).float(), x0.float())
+             generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """weights: (B, 1, H, W) per-position weights (objectives/weighting.py) or None."""
+        return weighted_mse(self._predict(network, x0.shape, cond, cond_mask, x0.dtype), x0, weights)
 
     @torch.no_grad()
     def sample(self, network: Network, noise: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,

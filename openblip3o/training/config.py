@@ -122,6 +122,14 @@ class TrainConfig:
     # one-word-different prompts' query states fell 3.7x in 200 steps) and the DiT's prompt_swap stayed at 0.04
     # against 0.11 with them frozen; trained in instruct, the condition's colour pair difference fell 0.33 -> 0.15.
     generation_train_queries: bool = True
+    # generation and instruct: extra flow-loss weight on the DiT tokens objects cover (ShapesWorld's plain background;
+    # training/stages/foreground.py), so drawing and binding the named objects outweighs the empty background;
+    # 0 = every token alike (BLIP3-o)
+    generation_foreground_weight: float = 0.0
+    # generation: weight of the binding hinge: each caption must explain its image better than the same words bound
+    # differently (two colours or two shapes exchanged, data/shapes/negatives.py), which a bag of words cannot;
+    # costs one more DiT pass for each row that has a negative. 0 = none (BLIP3-o)
+    generation_binding_weight: float = 0.0
     short_caption_rate: float = 0.1  # generation: share of short captions among the long ones
     instruct_lora_rank: int = 0  # 0 = full fine-tuning of queries + DiT; > 0 = LoRA through peft
     # a folder of `openblip3o curate` shards (prompt + image); None = ShapesWorld prompts drawn and rendered on the

@@ -81,7 +81,8 @@ def _make_instruct(ctx: StageContext) -> InstructTask:
             scores = tag_scores(ctx.pipe, config.seed, ctx.scorers)
             ctx.log(f"instruct: probe scores {scores}")
     return InstructTask(ctx.model, config.seed, scores, lora_rank=config.instruct_lora_rank, data=config.instruct_data,
-                        train_queries=config.generation_train_queries)
+                        train_queries=config.generation_train_queries,
+                        foreground_weight=config.generation_foreground_weight)
 
 
 def _finish_instruct(task: InstructTask, ctx: StageContext, result: dict, out_dir: Path) -> dict:
@@ -95,7 +96,9 @@ def _generation(ctx: StageContext) -> GenerationTask:
     return GenerationTask(ctx.model, config.seed, short_rate=config.short_caption_rate,
                           trainable_layers=config.generation_trainable_layers,
                           train_queries=config.generation_train_queries,
-                          source=build_source(config.data.generation, config.seed))
+                          source=build_source(config.data.generation, config.seed),
+                          foreground_weight=config.generation_foreground_weight,
+                          binding_weight=config.generation_binding_weight)
 
 
 def _joint(ctx: StageContext) -> JointTask:

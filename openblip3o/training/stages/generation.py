@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from ...data.shapes.negatives import binding_negative
 from ...data.sources import FIT, MAIN, STREAM_OFFSETS, DataSource, ShapesSource
 from ...models.condition_norm import ConditionStandardizer
 from ...models.unified import BLIP3oModel
 from .data import SourceState, choice_rng, image_batch, pick_caption
+from .foreground import binding_losses, checked_weight, generation_loss
 
 PROMPT_RATE = 0.4
 # The condition norm's statistics (and the target's principal components) are fitted on this many examples of the
@@ -31,12 +33,17 @@ class GenerationTask(SourceState):
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, short_rate: float = 0.1, prompt_rate: float = PROMPT_RATE,
                  train_backbone: bool = False, trainable_layers: int = 0, train_queries: bool = True,
-                 source: DataSource | None = None):
+                 source: DataSource | None = None, foreground_weight: float = 0.0, binding_weight: float = 0.0):
         """trainable_layers: the last K language layers (and the final norm) learn with the generation loss while
         the rest of the backbone stays frozen (0 = BLIP3-o's fully frozen backbone). train_queries: False keeps the
         learnable queries at their values (the projector and DiT still learn). source: image + caption rows
-        (default ShapesWorld's train split)."""
-        self.model, self.seed = model, seed
+        (default ShapesWorld's train split). foreground_weight: object tokens' extra loss weight (foreground.py;
+        0 = every token alike, BLIP3-o). binding_weight: the weight of the binding hinge (each caption against its
+        words bound differently, data/shapes/negatives.py; 0 = none, BLIP3-o)."""
+        if binding_weight < 0:
+            raise ValueError(f"generation_binding_weight must be >= 0, got {binding_weight}")
+        self.binding_weight = binding_weight
+        self.model, self.seed, self.foreground_weight = model, seed, checked_weight(foreground_weight)
         self.short_rate, self.prompt_rate = short_rate, prompt_rate
         self.source = source or ShapesSource("train", seed)
         model.backbone.set_backbone_trainable(train_backbone)
@@ -66,19 +73,30 @@ class GenerationTask(SourceState):
 
     def rows(self, start: int, size: int, stream: str = MAIN):
         """Images (B, 3, S, S) and their captions (long, short or prompt, drawn per example) of a source stream."""
+        return self._rows(start, size, stream)[:2]
+
+    def _rows(self, start: int, size: int, stream: str):
+        """`rows` and each caption's binding negative, drawn after the caption from the same generator (so the
+        captions are those of a run without negatives)."""
         chosen = self.source.examples(start, size, stream)
         first = STREAM_OFFSETS[stream] + start  # the choices' seed position: apart per stream
-        captions = [pick_caption(e, choice_rng(self.seed, first + i), self.short_rate, self.prompt_rate)
-                    for i, e in enumerate(chosen)]
-        return image_batch(chosen, self.model.config.target.image_size), captions
+        rngs = [choice_rng(self.seed, first + i) for i in range(len(chosen))]
+        captions = [pick_caption(e, rng, self.short_rate, self.prompt_rate) for e, rng in zip(chosen, rngs)]
+        negatives = [binding_negative(c, rng) for c, rng in zip(captions, rngs)] if self.binding_weight > 0 else None
+        return image_batch(chosen, self.model.config.target.image_size), captions, negatives
 
     def batch(self, start: int, size: int):
-        return self.rows(start, size, MAIN)
+        """(images, captions), and their binding negatives third when the binding loss is on."""
+        images, captions, negatives = self._rows(start, size, MAIN)
+        return (images, captions) if negatives is None else (images, captions, negatives)
 
     def loss(self, batch, generator):
-        images, captions = batch
-        loss = self.model.generation_loss(images.to(self.model.backbone.device), captions, generator)
-        return loss, {"flow": loss.item()}
+        if len(batch) == 2:
+            images, captions = batch
+            loss = generation_loss(self.model, images, captions, generator, self.foreground_weight)
+            return loss, {"flow": loss.item()}
+        flow, hinge = binding_losses(self.model, *batch, generator, self.foreground_weight)
+        return flow + self.binding_weight * hinge, {"flow": flow.item(), "binding": hinge.item()}
 
 
 def generator_modules(model: BLIP3oModel) -> dict[str, torch.nn.Module]:

@@ -15,6 +15,7 @@ from ...data.shapes import PromptSampler, realise, render_scene
 from ...data.tag_weights import tag_weights
 from ...models.encoders import to_tensor
 from ...models.unified import BLIP3oModel
+from .foreground import checked_weight, generation_loss
 from .generation import generator_modules
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -37,12 +38,14 @@ class InstructTask:
     name = "instruct"
 
     def __init__(self, model: BLIP3oModel, seed: int = 0, scores: dict[str, float] | None = None, lora_rank: int = 0,
-                 data: str | None = None, train_queries: bool = True):
+                 data: str | None = None, train_queries: bool = True, foreground_weight: float = 0.0):
         """train_queries: False keeps the learnable queries as the generation stage left them, as
         `generation_train_queries: false` does there; set explicitly, since a pipeline loaded for this stage alone
         has them trainable (measured at mini scale: trained here, they took the condition's colour pair difference
-        from 0.33 to 0.15)."""
+        from 0.33 to 0.15). foreground_weight: object tokens' extra loss weight, as in the generation stage
+        (foreground.py; ShapesWorld's plain background)."""
         self.model, self.seed, self.scores = model, seed, scores
+        self.foreground_weight = checked_weight(foreground_weight)
         self.curated = load_curated(data) if data is not None else None
         self.weights = tag_weights(scores)
         self.tags, self.tag_probs = list(self.weights), list(self.weights.values())
@@ -80,7 +83,7 @@ class InstructTask:
 
     def loss(self, batch, generator):
         images, prompts = batch
-        loss = self.model.generation_loss(images.to(self.model.backbone.device), prompts, generator)
+        loss = generation_loss(self.model, images, prompts, generator, self.foreground_weight)
         return loss, {"flow": loss.item()}
 
     def finish(self) -> None:
