@@ -83,27 +83,20 @@ def test_foreground_weights_follow_the_drawn_pixels():
         torch.testing.assert_close(foreground_weights(as_batch(render_scene(scene)), 8, 2.0), expected)
 
 
-def test_generation_task_weights_object_tokens_only_when_asked():
+@pytest.mark.parametrize("task_class", [GenerationTask, InstructTask])
+def test_stages_weight_object_tokens_only_when_asked(task_class):
     torch.manual_seed(0)
     # eval mode: in training the condition norm's statistics move with every batch, so two losses of one batch differ
     model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.eval()
     with pytest.raises(ValueError, match="generation_foreground_weight"):
-        GenerationTask(model, seed=0, foreground_weight=-1.0)
-    batch = GenerationTask(model, seed=0).batch(0, 4)
-    plain = GenerationTask(model, seed=0).loss(batch, torch.Generator().manual_seed(1))[0]
-    weighted = GenerationTask(model, seed=0, foreground_weight=8.0).loss(batch, torch.Generator().manual_seed(1))[0]
-    same = GenerationTask(model, seed=0, foreground_weight=0.0).loss(batch, torch.Generator().manual_seed(1))[0]
-    assert same.item() == plain.item() and abs(weighted.item() - plain.item()) > 1e-3 * plain.item()
+        task_class(model, seed=0, foreground_weight=-1.0)
+    batch = task_class(model, seed=0).batch(0, 4)
+
+    def loss(weight: float) -> torch.Tensor:
+        return task_class(model, seed=0, foreground_weight=weight).loss(batch, torch.Generator().manual_seed(1))[0]
+
+    plain, weighted = loss(0.0), loss(8.0)
+    assert plain.item() == task_class(model, seed=0).loss(batch, torch.Generator().manual_seed(1))[0].item()
+    assert abs(weighted.item() - plain.item()) > 1e-3 * plain.item()
     weighted.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
-
-
-def test_instruct_task_weights_object_tokens_too():
-    torch.manual_seed(0)
-    model = BLIP3oPipeline.from_preset("mini", tiny_config()).model.eval()
-    with pytest.raises(ValueError, match="generation_foreground_weight"):
-        InstructTask(model, seed=0, foreground_weight=-0.5)
-    batch = InstructTask(model, seed=0).batch(0, 4)
-    plain = InstructTask(model, seed=0).loss(batch, torch.Generator().manual_seed(1))[0].item()
-    weighted = InstructTask(model, seed=0, foreground_weight=8.0).loss(batch, torch.Generator().manual_seed(1))[0]
-    assert abs(weighted.item() - plain) > 1e-3 * plain
