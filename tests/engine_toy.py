@@ -64,6 +64,10 @@ def main(argv=None):
 
     save_file(task.net.state_dict(), f"{args.out}/final.safetensors")
     print("done", summary["final_loss"])
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # left to interpreter exit, gloo's teardown sometimes aborts
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
