@@ -144,13 +144,17 @@ def test_prompt_check_flags_a_generator_conditioned_on_a_constant(tmp_path):
     row = prompt_check(model, step=7, scorers=scorers(), out_dir=tmp_path, log=lines.append)
     assert row["prompt_blind"] and row["prompt_swap"] == 0.0 and row["zero_condition"] > 0
     assert row["attribute_swap"] == 0.0 and "attribute_swap 0.0000" in lines[0]
+    assert row["attribute_change"] == 0.0 and row["binding_ratio"] == 0.0  # a constant condition changes for nothing
     assert "PROMPT-BLIND" in lines[0]
     assert (tmp_path / CHECK_FILE).read_text().count('"step": 7') == 1
     # The same model reading its prompt is not flagged.
     del model.backbone.condition
     with torch.no_grad():
         model.backbone.queries.mul_(0.01)  # let the prompt through the random tiny backbone
-    assert not prompt_check(model, step=8, scorers=scorers(), out_dir=tmp_path, log=lines.append)["prompt_blind"]
+    reading = prompt_check(model, step=8, scorers=scorers(), out_dir=tmp_path, log=lines.append)
+    assert not reading["prompt_blind"] and reading["attribute_change"] > 0
+    assert reading["binding_ratio"] == pytest.approx(reading["attribute_swap"] / reading["attribute_change"])
+    assert "of a colour change" in lines[-1]
 
 
 def test_generation_stage_can_keep_the_queries_frozen():

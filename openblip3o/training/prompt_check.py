@@ -10,7 +10,9 @@ Every `sample_every` steps of generation training (and at its end) the stage mea
   - `attribute_swap`: the DiT's output change between prompts of the same words with two objects' colours exchanged
     ("a red cross and a blue star" / "a blue cross and a red star"); near 0 beside `prompt_swap`, the DiT reads its
     prompt as a bag of words and cannot bind colours to objects (`openblip3o eval binding` measures it at length:
-    the model shipped on 2026-12-04 had 0.002 against a one-colour change's 0.18).
+    the model shipped on 2026-12-04 had 0.002 against a one-colour change's 0.18);
+  - `attribute_change` / `binding_ratio`: the change when one of those colours is replaced instead, and the swap as a
+    share of it (a model that binds moves about as much for either; a bag-of-words reader near 0).
 A run whose condition stays prompt-blind says so in its log and summary (`prompt_blind: true`) instead of finishing
 silently (the model shipped on 2026-12-02 had prompt_swap 0.0013 and drew one image per seed for every prompt).
 The scorers come from the caller (`checks.Scorers`): training imports nothing from evaluation.
@@ -43,6 +45,14 @@ BINDING_PAIRS: tuple[tuple[str, str], ...] = (
     ("a photo of a green circle and a yellow square", "a photo of a yellow circle and a green square"),
     ("a photo of a purple triangle and an orange diamond", "a photo of an orange triangle and a purple diamond"),
     ("a photo of a white star and a pink circle", "a photo of a pink star and a white circle"),
+)
+# The first prompt of each BINDING_PAIRS pair with one colour replaced: a word change on the same prompts, the scale
+# the attribute swap is read against.
+CHANGE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("a photo of a red cross and a blue star", "a photo of a green cross and a blue star"),
+    ("a photo of a green circle and a yellow square", "a photo of a green circle and a purple square"),
+    ("a photo of a purple triangle and an orange diamond", "a photo of a white triangle and an orange diamond"),
+    ("a photo of a white star and a pink circle", "a photo of a white star and a red circle"),
 )
 CHECK_COLOURS: tuple[str, ...] = COLORS  # every colour of the world, each once
 CHECK_SHAPE = "circle"  # every colour is seen with circles in training
@@ -78,11 +88,14 @@ def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None 
     try:
         sensitivity = scorers.sensitivity(model, list(CHECK_PAIRS), seed=CHECK_SEED)
         binding = scorers.sensitivity(model, list(BINDING_PAIRS), seed=CHECK_SEED)["prompt_swap"]
+        change = scorers.sensitivity(model, list(CHANGE_PAIRS), seed=CHECK_SEED)["prompt_swap"]
         records = colour_records()
         accuracy, images = colour_accuracy(model, records, scorers)
     finally:
         model.train(was_training)
-    row = {"step": step, **sensitivity, "attribute_swap": binding, "colour_accuracy": accuracy,
+    ratio = binding / change if change > 0 else 0.0
+    row = {"step": step, **sensitivity, "attribute_swap": binding, "attribute_change": change,
+           "binding_ratio": ratio, "colour_accuracy": accuracy,
            "prompt_blind": sensitivity["prompt_swap"] < PROMPT_BLIND_SWAP}
     drawn = ""
     if scorers.colour is not None:
@@ -96,6 +109,6 @@ def prompt_check(model, step: int, scorers: Scorers, out_dir: str | Path | None 
             handle.write(json.dumps(row) + "\n")
     verdict = "PROMPT-BLIND: the output does not depend on the prompt" if row["prompt_blind"] else "follows the prompt"
     log(f"prompt check at step {step}: prompt_swap {row['prompt_swap']:.4f}, zero_condition "
-        f"{row['zero_condition']:.4f}, attribute_swap {binding:.4f}, colour accuracy {accuracy:.2f} by rule{drawn} "
-        f"({verdict})")
+        f"{row['zero_condition']:.4f}, attribute_swap {binding:.4f} ({ratio:.1%} of a colour change), "
+        f"colour accuracy {accuracy:.2f} by rule{drawn} ({verdict})")
     return row
