@@ -78,12 +78,14 @@ class BLIP3oModel(nn.Module):
                         weights: torch.Tensor | None = None) -> torch.Tensor:
         """images: (B, 3, H, W) in [0, 1]; captions: B strings -> scalar loss of the objective. weights: (B, 1, G, G)
         per-token loss weights on the DiT's grid, or None (every token alike, BLIP3-o)."""
-        with torch.no_grad():
-            targets = self.target_encoder.normalize(self.target_encoder.encode(images))
         # Gradients reach the queries through the backbone even when its own weights are frozen.
         cond, mask = self.backbone.condition(captions)
-        return self.objective.loss(self.generator, tokens_to_grid(targets, self.grid_size), cond, mask, generator,
-                                   weights)
+        return self.objective.loss(self.generator, self._target_grid(images), cond, mask, generator, weights)
+
+    @torch.no_grad()
+    def _target_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> the DiT's normalised targets on its grid (B, C, G, G)."""
+        return tokens_to_grid(self.target_encoder.normalize(self.target_encoder.encode(images)), self.grid_size)
 
     def generation_binding_losses(self, images: torch.Tensor, captions: list[str], negatives: list[str | None],
                                   generator: torch.Generator | None = None, weights: torch.Tensor | None = None,
@@ -94,18 +96,15 @@ class BLIP3oModel(nn.Module):
         how the words are bound. Returns two scalars."""
         if not hasattr(self.objective, "binding_loss"):
             raise ConfigError(f"the binding loss needs the flow-matching objective, not {self.config.objective.name!r}")
-        with torch.no_grad():
-            targets = self.target_encoder.normalize(self.target_encoder.encode(images))
         pairs = [i for i, negative in enumerate(negatives) if negative is not None]
         count = len(captions)
         keep = self.backbone.word_keep(count)
         if keep is not None:
             keep = torch.cat([keep, keep[pairs]])
         cond, mask = self.backbone.condition(list(captions) + [negatives[i] for i in pairs], word_keep=keep)
-        split_mask = (None, None) if mask is None else (mask[:count], mask[count:])
         return self.objective.binding_loss(
-            self.generator, tokens_to_grid(targets, self.grid_size), cond[:count], split_mask[0], cond[count:],
-            split_mask[1], torch.tensor(pairs, dtype=torch.long, device=cond.device), generator, weights)
+            self.generator, self._target_grid(images), cond[:count], mask[:count], cond[count:], mask[count:],
+            torch.tensor(pairs, dtype=torch.long, device=cond.device), generator, weights)
 
     def understanding_loss(self, images, questions: list[str], answers: list[str],
                            follow_ups: list[list[tuple[str, str]]] | None = None) -> torch.Tensor:

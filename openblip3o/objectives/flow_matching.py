@@ -68,18 +68,22 @@ class FlowMatching:
             return (x_t - out) / sigma
         return out
 
+    def _noised(self, x0: torch.Tensor, generator: torch.Generator | None):
+        """One training draw for clean targets x0 (B, C, H, W): sigma (B,), x_t and the prediction target, then
+        which rows keep their condition (CFG dropout), drawn from `generator` in that order."""
+        sigma = self.sample_sigmas(x0.shape[0], x0.device, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        target = x0 if self.config.prediction == "sample" else noise - x0
+        keep = condition_keep(x0.shape[0], self.config.condition_dropout, x0.device, generator)
+        return sigma, (1 - s) * x0 + s * noise, target, keep
+
     def loss(self, network: Network, x0: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None = None,
              generator: torch.Generator | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean squared error of the prediction (fp32). x0: (B, C, H, W) clean targets; cond: (B, L, D);
         weights: (B, 1, H, W) per-position weights (objectives/weighting.py) or None."""
-        batch = x0.shape[0]
-        sigma = self.sample_sigmas(batch, x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-        x_t = (1 - s) * x0 + s * noise
-        cond = drop_condition(cond, self.config.condition_dropout, generator)
-        out = network(x_t, self.timestep(sigma), cond, cond_mask)
-        target = x0 if self.config.prediction == "sample" else noise - x0
+        sigma, x_t, target, keep = self._noised(x0, generator)
+        out = network(x_t, self.timestep(sigma), cond * keep[:, None, None].to(cond.dtype), cond_mask)
         return weighted_mse(out, target, weights)
 
     def binding_loss(self, network: Network, x0: torch.Tensor, cond: torch.Tensor, cond_mask: torch.Tensor | None,
@@ -97,16 +101,11 @@ class FlowMatching:
         Returns (flow loss as `loss` computes it, binding hinge), scalars in fp32.
         """
         batch = x0.shape[0]
-        sigma = self.sample_sigmas(batch, x0.device, generator)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        s = sigma.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
-        x_t = (1 - s) * x0 + s * noise
-        keep = condition_keep(batch, self.config.condition_dropout, x0.device, generator)
+        sigma, x_t, target, keep = self._noised(x0, generator)
         cond = cond * keep[:, None, None].to(cond.dtype)
         masks = None if cond_mask is None else torch.cat([cond_mask, negative_mask])
         out = network(torch.cat([x_t, x_t[pairs]]), self.timestep(torch.cat([sigma, sigma[pairs]])),
                       torch.cat([cond, negative]), masks)
-        target = x0 if self.config.prediction == "sample" else noise - x0
         flow = weighted_mse(out[:batch], target, weights)
         pair_weights = None if weights is None else weights[pairs]
         err_caption = per_sample_mse(out[pairs], target[pairs], pair_weights)

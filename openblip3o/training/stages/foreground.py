@@ -30,11 +30,15 @@ def foreground_weights(images: torch.Tensor, grid_size: int, weight: float,
     return 1.0 + weight * F.adaptive_avg_pool2d(on_object, grid_size)
 
 
-def checked_weight(weight: float) -> float:
-    """The configured weight, refused when negative (a negative weight would reward error on objects)."""
+def checked_weight(weight: float, name: str = "generation_foreground_weight") -> float:
+    """A configured loss weight, refused when negative (it would reward the error it weighs)."""
     if weight < 0:
-        raise ValueError(f"generation_foreground_weight must be >= 0, got {weight}")
+        raise ValueError(f"{name} must be >= 0, got {weight}")
     return float(weight)
+
+
+def _object_weights(model, images: torch.Tensor, foreground_weight: float) -> torch.Tensor | None:
+    return foreground_weights(images, model.grid_size, foreground_weight) if foreground_weight > 0 else None
 
 
 def generation_loss(model, images: torch.Tensor, captions: list[str], generator: torch.Generator | None,
@@ -42,13 +46,12 @@ def generation_loss(model, images: torch.Tensor, captions: list[str], generator:
     """The model's generation loss on images (B, 3, S, S) and their captions, object tokens weighted
     1 + foreground_weight (0 = every token alike, BLIP3-o). Shared by the generation and instruct stages."""
     images = images.to(model.backbone.device)
-    weights = foreground_weights(images, model.grid_size, foreground_weight) if foreground_weight > 0 else None
-    return model.generation_loss(images, captions, generator, weights)
+    return model.generation_loss(images, captions, generator, _object_weights(model, images, foreground_weight))
 
 
 def binding_losses(model, images: torch.Tensor, captions: list[str], negatives: list[str | None],
                    generator: torch.Generator | None, foreground_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """`generation_loss` and the binding hinge (models' `generation_binding_losses`), object tokens weighted alike."""
     images = images.to(model.backbone.device)
-    weights = foreground_weights(images, model.grid_size, foreground_weight) if foreground_weight > 0 else None
+    weights = _object_weights(model, images, foreground_weight)
     return model.generation_binding_losses(images, captions, negatives, generator, weights)

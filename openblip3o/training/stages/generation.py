@@ -40,9 +40,7 @@ class GenerationTask(SourceState):
         (default ShapesWorld's train split). foreground_weight: object tokens' extra loss weight (foreground.py;
         0 = every token alike, BLIP3-o). binding_weight: the weight of the binding hinge (each caption against its
         words bound differently, data/shapes/negatives.py; 0 = none, BLIP3-o)."""
-        if binding_weight < 0:
-            raise ValueError(f"generation_binding_weight must be >= 0, got {binding_weight}")
-        self.binding_weight = binding_weight
+        self.binding_weight = checked_weight(binding_weight, "generation_binding_weight")
         self.model, self.seed, self.foreground_weight = model, seed, checked_weight(foreground_weight)
         self.short_rate, self.prompt_rate = short_rate, prompt_rate
         self.source = source or ShapesSource("train", seed)
