@@ -65,6 +65,12 @@ class BackboneConfig:
     # shipped 0.317 / 0.358 (x 1 at seed 0 had said 0.410 / 0.465: a lucky seed), so the mini preset leaves it off.
     condition_word_dropout: float = 0.0
     freeze: bool = True  # generation training keeps the backbone frozen (sequential recipe)
+    # "none" | "sincos": a fixed 2-D sin / cos table of each merged vision token's row and column, added to the
+    # tower's output (models/vision_position.py). Qwen2.5-VL has rotary positions only, which on a uniform
+    # background leave what a lookup reads from an object's tokens without its place; relation questions need it.
+    # A pretrained Qwen2.5-VL does without ("none"); the table holds no weights, only this setting.
+    vision_position: str = "none"
+    vision_position_scale: float = 2.0  # the table's multiplier (unit sin / cos has RMS 0.71)
 
 
 @dataclass

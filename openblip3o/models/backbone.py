@@ -33,6 +33,7 @@ from .tokenizer import (
     build_shapes_tokenizer,
     token_id,
 )
+from .vision_position import VisionPosition
 
 QUERIES_FILE = "queries.safetensors"  # the learnable queries and the projector, beside the HF model files
 QUERIES_KEY = "queries"
@@ -45,6 +46,7 @@ WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json")  # single 
 # What `save_pretrained` writes and `from_pretrained` requires (one of WEIGHTS_FILES as well).
 REQUIRED_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", QUERIES_FILE)
 LOADING_INFO_KEYS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")  # from output_loading_info
+VISION_POSITIONS = ("none", "sincos")  # backbone.vision_position
 RESAMPLE = Image.Resampling.BICUBIC  # resizing understanding inputs to image_size
 
 
@@ -88,8 +90,12 @@ class Backbone(nn.Module):
                               f"in 1..{layers} or -1 (the states after that language layer, or the final states)")
         if not 0.0 <= cfg.condition_word_dropout < 1.0:
             raise ConfigError(f"backbone.condition_word_dropout: {cfg.condition_word_dropout} is not in [0, 1)")
+        if cfg.vision_position not in VISION_POSITIONS:
+            raise ConfigError(f"backbone.vision_position: {cfg.vision_position!r} is not one of {VISION_POSITIONS}")
         self.cfg = cfg
         self.model = model
+        self.vision_position = (VisionPosition(model.model.visual, cfg.vision_position_scale)
+                                if cfg.vision_position == "sincos" else None)
         self.tokenizer = tokenizer
         self.processor = BackboneProcessor(image_processor=image_processor, tokenizer=tokenizer)
         hidden = model.config.text_config.hidden_size

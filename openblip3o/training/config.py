@@ -73,6 +73,18 @@ class UnderstandingMix:
     pointer_weight: float = 0.0
     pointer_layer: int = 3
     pointer_head: int = 0
+    # weight of relation pointing (ShapesWorld; 0 = off): at the position that predicts a relation question's answer,
+    # heads `relation_pointer_heads` of layer `relation_pointer_layer` are taught to attend to the first and the
+    # second object the question names (the two lookups a comparison needs)
+    relation_pointer_weight: float = 0.0
+    relation_pointer_layer: int = 3
+    relation_pointer_heads: tuple[int, int] = (0, 1)
+    # weight of the relation-pair labels (ShapesWorld; 0 = off): a training-only linear head on layer
+    # `relation_pointer_layer`'s output at that position names the four relations of the first object to the second
+    # (left of / right of / above / below; those not clear by CLEAR_RELATION are left out) and which one is asked.
+    # Why: the answer is the asked relation's bit of these four, a product whose factors alone do not correlate with
+    # it (left of and right of are asked equally), so the answer loss alone leaves the model at a constant answer
+    relation_pair_weight: float = 0.0
     # with trainable "all": weight of a loss that keeps the generation condition where it was at the stage's start
     # (the query states of generation-template prompts, in the condition norm's standardised units, against a frozen
     # copy of the starting language model; the input embeddings, which the condition's word part reads, are frozen),

@@ -25,14 +25,17 @@ MASS_FLOOR = 1e-6  # keeps -log finite when a head starts with no attention on t
 class AnswerPointer:
     """Hooks on the Qwen model that keep the labels, input ids and one layer's attention weights of a forward pass."""
 
-    def __init__(self, qwen: nn.Module, layer: int, head: int, grid_size: int):
+    def __init__(self, qwen: nn.Module, layer: int, head: int, grid_size: int, phrase: str = "first",
+                 option: str = "pointer", log_key: str = "pointer_mass"):
+        """phrase: which noun phrase the head looks for (`question_targets.PHRASES`); option: the config prefix that
+        errors name; log_key: the name of the attention mass in the training log."""
         layers = qwen.model.language_model.layers
         if not 1 <= layer <= len(layers):
-            raise ValueError(f"understanding.pointer_layer must be in 1..{len(layers)}, got {layer}")
+            raise ValueError(f"understanding.{option}_layer must be in 1..{len(layers)}, got {layer}")
         heads = qwen.config.text_config.num_attention_heads
         if not 0 <= head < heads:
-            raise ValueError(f"understanding.pointer_head must be in 0..{heads - 1}, got {head}")
-        self.qwen, self.head, self.grid_size = qwen, head, grid_size
+            raise ValueError(f"understanding.{option}_head must be in 0..{heads - 1}, got {head}")
+        self.qwen, self.head, self.grid_size, self.phrase, self.log_key = qwen, head, grid_size, phrase, log_key
         self.image_token_id = qwen.config.image_token_id
         self._implementation = qwen.config._attn_implementation
         qwen.set_attn_implementation("eager")  # the only one that returns attention weights
@@ -50,12 +53,12 @@ class AnswerPointer:
 
     def targets(self, scenes, questions_per_row: list[list[str]]) -> list[list[np.ndarray]]:
         """Per row, per question in the order asked: the (G*G,) bool mask of the named objects' tokens."""
-        return [[question_token_mask(q, scene, self.grid_size) for q in questions]
+        return [[question_token_mask(q, scene, self.grid_size, self.phrase) for q in questions]
                 for scene, questions in zip(scenes, questions_per_row)]
 
     def loss(self, targets: list[list[np.ndarray]]) -> tuple[torch.Tensor, dict[str, float]]:
         """-log attention mass on the named tokens, averaged over the answers whose question names an object seen
-        in the image; and that mass (`pointer_mass`, 1.0 = all of the head's attention on the named object)."""
+        in the image; and that mass (`log_key`, 1.0 = all of the head's attention on the named object)."""
         seen, self._seen = self._seen, {}
         if seen.get("weights") is None or seen.get("labels") is None:
             raise RuntimeError("no attention weights or labels kept: the understanding forward has not run")
@@ -74,7 +77,7 @@ class AnswerPointer:
         if not masses:
             return weights.sum() * 0.0, {}
         mass = torch.stack(masses)
-        return -(mass.clamp_min(MASS_FLOOR)).log().mean(), {"pointer_mass": mass.mean().item()}
+        return -(mass.clamp_min(MASS_FLOOR)).log().mean(), {self.log_key: mass.mean().item()}
 
     def remove(self) -> None:
         for hook in self._hooks:

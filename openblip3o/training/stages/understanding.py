@@ -19,13 +19,15 @@ from ..config import UnderstandingMix
 from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
 from .answer_pointer import AnswerPointer
 from .relation_labels import RelationLabelHeads
+from .relation_pair import RelationPairHead
 from .vision_labels import VisionLabelHeads, scenes_of
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
 TRAINABLE = ("all", "vision")  # understanding.trainable
 # options that train (or hold) the language model, and so need trainable: all
-LANGUAGE_OPTIONS = ("condition_retention_weight", "relation_label_weight", "pointer_weight")
+LANGUAGE_OPTIONS = ("condition_retention_weight", "relation_label_weight", "pointer_weight", "relation_pointer_weight",
+                    "relation_pair_weight")
 
 
 class UnderstandingTask(SourceState):
@@ -69,17 +71,31 @@ class UnderstandingTask(SourceState):
         if self.mix.pointer_weight > 0:
             self.pointer = AnswerPointer(model.backbone.model, self.mix.pointer_layer, self.mix.pointer_head,
                                          model.backbone.vision_grid)
+        self.relation_pointers = []
+        if self.mix.relation_pointer_weight > 0:
+            phrases = ("relation_first", "relation_second")  # the first and the second object a question names
+            heads = zip(self.mix.relation_pointer_heads, phrases, strict=True)
+            self.relation_pointers = [
+                AnswerPointer(model.backbone.model, self.mix.relation_pointer_layer, head, model.backbone.vision_grid,
+                              phrase, option="relation_pointer", log_key=f"relation_pointer_{index}_mass")
+                for index, (head, phrase) in enumerate(heads)
+            ]
+        self.relation_pair = None
+        if self.mix.relation_pair_weight > 0:
+            self.relation_pair = RelationPairHead(model.backbone.model, self.mix.relation_pointer_layer)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
         heads = {"vision_label_heads": self.vision_labels} if self.vision_labels is not None else {}
         heads |= {"relation_label_heads": self.relation_labels} if self.relation_labels is not None else {}
+        heads |= {"relation_pair_head": self.relation_pair} if self.relation_pair is not None else {}
         reference = {"condition_reference": self.reference} if self.reference is not None else {}
         return {"backbone" if self.mix.trainable == "all" else "vision": self.trained} | heads | reference
 
     def finish(self) -> None:
         """Drop the training-only heads' and the pointer's hooks from the backbone."""
-        for heads in (self.vision_labels, self.relation_labels, self.pointer):
+        hooked = [self.vision_labels, self.relation_labels, self.pointer, *self.relation_pointers, self.relation_pair]
+        for heads in reversed(hooked):  # reversed: each pointer restores the attention implementation it found
             if heads is not None:
                 heads.remove()
 
@@ -108,9 +124,15 @@ class UnderstandingTask(SourceState):
             labels["vision"] = self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
         if self.relation_labels is not None:
             labels["relation"] = self.relation_labels.labels(scenes_of(chosen, "understanding.relation_label_weight"))
+        asked = [[q] + [f for f, _ in more] for (q, _), more in zip(pairs, follow_ups)]
         if self.pointer is not None:
-            asked = [[q] + [f for f, _ in more] for (q, _), more in zip(pairs, follow_ups)]
             labels["pointer"] = self.pointer.targets(scenes_of(chosen, "understanding.pointer_weight"), asked)
+        for index, pointer in enumerate(self.relation_pointers):
+            labels[f"relation_pointer_{index}"] = pointer.targets(
+                scenes_of(chosen, "understanding.relation_pointer_weight"), asked)
+        if self.relation_pair is not None:
+            labels["relation_pair"] = self.relation_pair.targets(
+                scenes_of(chosen, "understanding.relation_pair_weight"), asked)
         labels = labels or None
         return [e.image for e in chosen], [q for q, _ in pairs], [a for _, a in pairs], texts, labels, follow_ups
 
@@ -120,7 +142,10 @@ class UnderstandingTask(SourceState):
         loss, logs = ce, {"ce": ce.item()}
         dense_losses = (("vision", self.vision_labels, self.mix.vision_label_weight, "vision_labels"),
                         ("pointer", self.pointer, self.mix.pointer_weight, "pointer"),
-                        ("relation", self.relation_labels, self.mix.relation_label_weight, "relation_labels"))
+                        ("relation", self.relation_labels, self.mix.relation_label_weight, "relation_labels"),
+                        *((f"relation_pointer_{i}", pointer, self.mix.relation_pointer_weight, f"relation_pointer_{i}")
+                          for i, pointer in enumerate(self.relation_pointers)),
+                        ("relation_pair", self.relation_pair, self.mix.relation_pair_weight, "relation_pair"))
         for key, source, weight, name in dense_losses:
             if labels is not None and key in labels:
                 dense, extra = source.loss(labels[key])
