@@ -79,7 +79,7 @@ def test_relation_pointers_and_pair_labels_train_the_language_model():
     qwen = model.backbone.model
     before = qwen.config._attn_implementation
     mix = UnderstandingMix(text_rows=0.0, turns=5, relation_pointer_weight=1.0, relation_pair_weight=1.0,
-                           relation_pointer_layer=1, relation_pointer_heads=(0, 1))
+                           relation_asked_weight=1.0, relation_pointer_layer=1, relation_pointer_heads=(0, 1))
     task = UnderstandingTask(model, seed=0, mix=mix)
     assert "relation_pair_head" in task.modules()
     batch = task.batch(0, 16)
@@ -96,6 +96,9 @@ def test_relation_pointers_and_pair_labels_train_the_language_model():
     for name in ("relation_pointer_weight", "relation_pair_weight"):
         with pytest.raises(ConfigError, match=name):
             UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, trainable="vision", **{name: 1.0}))
+    with pytest.raises(ValueError, match="relation_asked_weight"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_pair_weight=1.0,
+                                                      relation_asked_weight=-1.0, relation_pointer_layer=1))
     with pytest.raises(ValueError, match="relation_pointer_layer"):
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, relation_pair_weight=1.0,
                                                       relation_pointer_layer=9))

@@ -81,10 +81,14 @@ class UnderstandingMix:
     relation_pointer_heads: tuple[int, int] = (0, 1)
     # weight of the relation-pair labels (ShapesWorld; 0 = off): a training-only linear head on layer
     # `relation_pointer_layer`'s output at that position names the four relations of the first object to the second
-    # (left of / right of / above / below; those not clear by CLEAR_RELATION are left out) and which one is asked.
-    # Why: the answer is the asked relation's bit of these four, a product whose factors alone do not correlate with
-    # it (left of and right of are asked equally), so the answer loss alone leaves the model at a constant answer
+    # (left of / right of / above / below; those not clear by CLEAR_RELATION are left out). Why: the answer is the
+    # asked relation's bit of these four, a product whose factors alone do not correlate with it (left of and right
+    # of are asked equally), so the answer loss alone leaves the model at a constant answer
     relation_pair_weight: float = 0.0
+    # with relation_pair_weight: the weight, inside it, of a label for which relation the question asks, at the same
+    # place, so the next layer holds both factors of the answer. Measured: the four relations alone were named at
+    # 1.00 with the answers still constant; this label made them follow the image (README)
+    relation_asked_weight: float = 0.0
     # with trainable "all": weight of a loss that keeps the generation condition where it was at the stage's start
     # (the query states of generation-template prompts, in the condition norm's standardised units, against a frozen
     # copy of the starting language model; the input embeddings, which the condition's word part reads, are frozen),

@@ -52,8 +52,12 @@ class RelationPairHead(nn.Module):
     """Linear(hidden, 4 + 4) on one language-model layer's output at the positions that predict answers: the pair's
     four relations, then which of the four the question asks."""
 
-    def __init__(self, qwen: nn.Module, layer: int):
+    def __init__(self, qwen: nn.Module, layer: int, asked_weight: float = 1.0):
+        """asked_weight: the weight of the asked-relation label beside the four relations' (0 = the four only)."""
         super().__init__()
+        if asked_weight < 0:
+            raise ValueError(f"understanding.relation_asked_weight must be >= 0, got {asked_weight}")
+        self.asked_weight = asked_weight
         layers = qwen.model.language_model.layers
         if not 1 <= layer <= len(layers):
             raise ValueError(f"understanding.relation_pointer_layer must be in 1..{len(layers)}, got {layer}")
@@ -99,7 +103,7 @@ class RelationPairHead(nn.Module):
         wanted = torch.tensor(wanted, device=logits.device, dtype=logits.dtype)
         asked = torch.tensor(asked, device=logits.device)
         known = wanted != UNKNOWN
-        loss = F.cross_entropy(which, asked)
+        loss = self.asked_weight * F.cross_entropy(which, asked)
         logs = {"relation_asked_acc": (which.argmax(dim=1) == asked).float().mean().item()}
         if known.any():  # ShapesWorld asks a relation only where it is clear, so this always holds there
             loss = loss + F.binary_cross_entropy_with_logits(pair[known], wanted[known])

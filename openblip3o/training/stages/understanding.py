@@ -82,7 +82,8 @@ class UnderstandingTask(SourceState):
             ]
         self.relation_pair = None
         if self.mix.relation_pair_weight > 0:
-            self.relation_pair = RelationPairHead(model.backbone.model, self.mix.relation_pointer_layer)
+            self.relation_pair = RelationPairHead(model.backbone.model, self.mix.relation_pointer_layer,
+                                                  self.mix.relation_asked_weight)
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
