@@ -251,3 +251,41 @@ def test_condition_retention_holds_the_generation_condition_while_the_language_m
     with pytest.raises(ConfigError, match="condition_retention_weight"):
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, trainable="vision",
                                                       condition_retention_weight=1.0))
+
+
+def test_condition_retention_reference_holds_the_condition_to_another_pipelines_backbone(tmp_path):
+    """`understanding.condition_retention_reference`: the retention compares with the backbone of a saved pipeline
+    (the one whose generator is kept) instead of the stage's start, so a run continued from a moved language model
+    starts with a drift above 0 and pulls it back; a folder that is no pipeline, or whose backbone has other shapes,
+    is refused by name."""
+    torch.manual_seed(0)
+    saved = BLIP3oPipeline.from_preset("mini", tiny_config())
+    saved.save_pretrained(tmp_path / "kept")
+    model = BLIP3oPipeline.from_pretrained(tmp_path / "kept").model.train()
+    with torch.no_grad():  # the language model moved since the kept pipeline was saved
+        for p in model.backbone.model.model.language_model.layers[-1].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    own_start = UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, condition_retention_weight=1.0))
+    mix = UnderstandingMix(text_rows=0.0, condition_retention_weight=1.0,
+                           condition_retention_reference=str(tmp_path / "kept"))
+    task = UnderstandingTask(model, seed=0, mix=mix)
+    prompts = task.batch(0, 8)[3]
+    assert own_start.condition_drift(prompts).item() == 0.0
+    drifted = task.condition_drift(prompts).item()
+    assert drifted > 1e-3
+    params = [p for p in model.backbone.model.model.language_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(params, lr=1e-3)
+    for _ in range(20):
+        optimiser.zero_grad()
+        task.condition_drift(prompts).backward()
+        optimiser.step()
+    assert task.condition_drift(prompts).item() < 0.5 * drifted
+    with pytest.raises(ConfigError, match="no pipeline folder"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, condition_retention_weight=1.0,
+                                                      condition_retention_reference=str(tmp_path / "nothing")))
+    text = dict(tiny_config().backbone.text, intermediate_size=96)  # another MLP width
+    other = BLIP3oPipeline.from_preset("mini", tiny_config(backbone={"text": text}))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ConfigError, match="differs from the trained one"):
+        UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, condition_retention_weight=1.0,
+                                                      condition_retention_reference=str(tmp_path / "other")))

@@ -8,11 +8,13 @@ from pathlib import Path
 import typer
 
 from .errors import user_errors
+from .evaluate_drift import drift
 from .evaluate_failures import failures
 from .loading import load_for_command
 
 app = typer.Typer(help="Score generated images and answers.", no_args_is_help=True)
 app.command()(failures)
+app.command()(drift)
 
 
 @app.command()

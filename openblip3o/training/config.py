@@ -96,6 +96,10 @@ class UnderstandingMix:
     condition_retention_weight: float = 0.0
     # prompts per VQA row that the retention loss reads (drawn as the text rows are)
     condition_retention_rows: float = 0.5
+    # the pipeline folder (save_pretrained) whose language model the retention holds the condition to; empty = the
+    # stage's start. Why: a run continued from an understanding run whose condition already moved can pull it back to
+    # where the generator it keeps was trained (that generator's own pipeline)
+    condition_retention_reference: str = ""
     # what learns: "all" = the whole backbone (the mini recipe from scratch); "vision" = the vision tower and its
     # merger only, the language model frozen, so the generation path (text only) stays bit for bit as it was: more
     # understanding for a trained model without retraining its generator (text rows then teach nothing: set 0)

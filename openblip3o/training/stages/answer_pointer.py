@@ -22,19 +22,28 @@ from ...models.template import IGNORE_INDEX
 MASS_FLOOR = 1e-6  # keeps -log finite when a head starts with no attention on the target
 
 
+def answer_start_positions(labels: torch.Tensor) -> list[list[int]]:
+    """labels (B, L) of an understanding batch -> per row, the positions that predict an answer's first token (p
+    predicts token p + 1), in the order the answers come."""
+    answer = labels != IGNORE_INDEX
+    starts = answer[:, 1:] & ~answer[:, :-1]  # (B, L - 1)
+    return [torch.nonzero(row).squeeze(1).tolist() for row in starts]
+
+
 class AnswerPointer:
     """Hooks on the Qwen model that keep the labels, input ids and one layer's attention weights of a forward pass."""
 
     def __init__(self, qwen: nn.Module, layer: int, head: int, grid_size: int, phrase: str = "first",
-                 option: str = "pointer", log_key: str = "pointer_mass"):
+                 option: str = "pointer", log_key: str = "pointer_mass", head_option: str | None = None):
         """phrase: which noun phrase the head looks for (`question_targets.PHRASES`); option: the config prefix that
-        errors name; log_key: the name of the attention mass in the training log."""
+        errors name (`head_option`, default option + "_head", for the head); log_key: the name of the attention mass
+        in the training log."""
         layers = qwen.model.language_model.layers
         if not 1 <= layer <= len(layers):
             raise ValueError(f"understanding.{option}_layer must be in 1..{len(layers)}, got {layer}")
         heads = qwen.config.text_config.num_attention_heads
         if not 0 <= head < heads:
-            raise ValueError(f"understanding.{option}_head must be in 0..{heads - 1}, got {head}")
+            raise ValueError(f"understanding.{head_option or option + '_head'} must be in 0..{heads - 1}, got {head}")
         self.qwen, self.head, self.grid_size, self.phrase, self.log_key = qwen, head, grid_size, phrase, log_key
         self.image_token_id = qwen.config.image_token_id
         self._implementation = qwen.config._attn_implementation
@@ -63,13 +72,10 @@ class AnswerPointer:
         if seen.get("weights") is None or seen.get("labels") is None:
             raise RuntimeError("no attention weights or labels kept: the understanding forward has not run")
         weights, labels, ids = seen["weights"], seen["labels"], seen["input_ids"]
-        answer = labels != IGNORE_INDEX
-        starts = answer[:, 1:] & ~answer[:, :-1]  # (B, L - 1): position p predicts the answer's first token p + 1
         masses = []
-        for row, row_targets in enumerate(targets):
+        for row, (predicting, row_targets) in enumerate(zip(answer_start_positions(labels), targets)):
             image = torch.nonzero(ids[row] == self.image_token_id).squeeze(1)
-            predicting = torch.nonzero(starts[row]).squeeze(1)
-            for position, mask in zip(predicting.tolist(), row_targets):
+            for position, mask in zip(predicting, row_targets):
                 if not mask.any() or len(image) != mask.size:
                     continue
                 named = image[torch.from_numpy(mask).to(image.device)]

@@ -21,7 +21,7 @@ from ...data.shapes.question_targets import RELATION_WORDS, named_objects
 from ...data.shapes.rules import relative_position
 from ...data.shapes.text import CLEAR_RELATION
 from ...data.shapes.world import INVERSE_RELATION, RELATIONS
-from ...models.template import IGNORE_INDEX
+from .answer_pointer import answer_start_positions
 
 UNKNOWN = -1.0  # a relation that is not clear either way (left out of the loss)
 
@@ -86,11 +86,8 @@ class RelationPairHead(nn.Module):
         if seen.get("states") is None or seen.get("labels") is None:
             raise RuntimeError("no states or labels kept: the understanding forward has not run")
         states, labels = seen["states"], seen["labels"]
-        answer = labels != IGNORE_INDEX
-        starts = answer[:, 1:] & ~answer[:, :-1]  # (B, L - 1): position p predicts the answer's first token p + 1
         rows, wanted, asked = [], [], []
-        for row, row_targets in enumerate(targets):
-            predicting = torch.nonzero(starts[row]).squeeze(1).tolist()
+        for row, (predicting, row_targets) in enumerate(zip(answer_start_positions(labels), targets)):
             for position, target in zip(predicting, row_targets):
                 if target is not None:
                     rows.append(states[row, position])

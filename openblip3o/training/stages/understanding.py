@@ -9,11 +9,13 @@ teaches (measured: one-word-different prompts gave query states 0.2-2.9 % apart 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
 from ...config import ConfigError, check_choice
 from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
+from ...models.backbone import Backbone
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
 from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
@@ -54,7 +56,7 @@ class UnderstandingTask(SourceState):
         if self.mix.condition_retention_weight > 0:
             # The starting model, frozen. A module of the task, so a checkpoint keeps it and a resumed run compares
             # with the stage's start, not with where it was killed.
-            self.reference = copy.deepcopy(model.backbone.model).eval().requires_grad_(False)
+            self.reference = self._retention_reference(model).eval().requires_grad_(False)
             model.backbone.model.get_input_embeddings().requires_grad_(False)  # the condition's word part
         self.vision_labels = None
         if self.mix.vision_label_weight > 0:
@@ -77,13 +79,33 @@ class UnderstandingTask(SourceState):
             heads = zip(self.mix.relation_pointer_heads, phrases, strict=True)
             self.relation_pointers = [
                 AnswerPointer(model.backbone.model, self.mix.relation_pointer_layer, head, model.backbone.vision_grid,
-                              phrase, option="relation_pointer", log_key=f"relation_pointer_{index}_mass")
+                              phrase, option="relation_pointer", log_key=f"relation_pointer_{index}_mass",
+                              head_option="relation_pointer_heads")
                 for index, (head, phrase) in enumerate(heads)
             ]
         self.relation_pair = None
         if self.mix.relation_pair_weight > 0:
             self.relation_pair = RelationPairHead(model.backbone.model, self.mix.relation_pointer_layer,
                                                   self.mix.relation_asked_weight)
+
+    def _retention_reference(self, model: BLIP3oModel) -> torch.nn.Module:
+        """The language model the retention loss holds the condition to: a copy of the starting one, or the backbone
+        of `condition_retention_reference` (a pipeline folder), which must have the same weights' names and shapes."""
+        folder = self.mix.condition_retention_reference
+        if not folder:
+            return copy.deepcopy(model.backbone.model)
+        directory = Path(folder) / "backbone"
+        if not directory.is_dir():
+            raise ConfigError(f"understanding.condition_retention_reference: {folder} is no pipeline folder "
+                              f"(no {directory})")
+        reference = Backbone.from_pretrained(directory, model.backbone.cfg).model.to(model.backbone.model.dtype)
+        ours = {k: v.shape for k, v in model.backbone.model.state_dict().items()}
+        theirs = {k: v.shape for k, v in reference.state_dict().items()}
+        if ours != theirs:
+            differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            raise ConfigError(f"understanding.condition_retention_reference: {folder}'s backbone differs from the "
+                              f"trained one in {len(differing)} weight(s), e.g. {differing[:3]}")
+        return reference
 
     def modules(self):
         # The queries and projector serve generation only; they stay out of this stage's optimiser.
