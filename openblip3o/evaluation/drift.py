@@ -13,15 +13,14 @@ from __future__ import annotations
 import torch
 
 from ..data.shapes.prompts import GENEVAL_PROMPT_SEED, evaluation_set
-from .condition import SIGMAS, STD_FLOOR, _eval_mode, _model
+from .condition import SIGMAS, _eval_mode, _model, _relative
 
 DRIFT_SEED_OFFSET = 1000  # the second seed of the reference's seed spread: seed + this
 
 
-def _relative(new: torch.Tensor, old: torch.Tensor) -> float:
+def _mean_change(new: torch.Tensor, old: torch.Tensor) -> float:
     """Mean over rows of ||new - old|| / ||old|| for (B, ...) tensors."""
-    new, old = new.flatten(1).float(), old.flatten(1).float()
-    return float(((new - old).norm(dim=1) / old.norm(dim=1).clamp_min(STD_FLOOR)).mean())
+    return float(_relative(old.float(), new.float()).mean())
 
 
 def drift_prompts(num: int, split: str = "heldout", seed: int = GENEVAL_PROMPT_SEED) -> list[str]:
@@ -31,16 +30,17 @@ def drift_prompts(num: int, split: str = "heldout", seed: int = GENEVAL_PROMPT_S
 
 
 @torch.no_grad()
-def _generator_outputs(model, prompts: list[str], seed: int, sigmas: tuple[float, ...]) -> torch.Tensor:
-    """The DiT's outputs (S, P, C, G, G) for one noise draw per prompt at each sigma (x_t scaled as in
-    `condition.generator_sensitivity`)."""
-    cond, mask = model.backbone.condition(prompts)
+def _generator_outputs(model, cond: torch.Tensor, mask: torch.Tensor, seed: int,
+                       sigmas: tuple[float, ...]) -> torch.Tensor:
+    """The DiT's outputs (S, P, C, G, G) for the conditions (P, L, D) and one noise draw per prompt at each sigma
+    (x_t scaled as in `condition.generator_sensitivity`)."""
+    count = cond.shape[0]
     dtype = next(model.generator.parameters()).dtype
-    noise = torch.randn((len(prompts), *model.token_shape), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((count, *model.token_shape), generator=torch.Generator().manual_seed(seed))
     outputs = []
     for sigma in sigmas:
         scale = ((1 - sigma) ** 2 + sigma ** 2) ** 0.5
-        timestep = model.objective.timestep(torch.full((len(prompts),), sigma))
+        timestep = model.objective.timestep(torch.full((count,), sigma))
         outputs.append(model.generator((noise * scale).to(dtype), timestep, cond.to(dtype), mask).float())
     return torch.stack(outputs)
 
@@ -67,19 +67,19 @@ def generation_drift(pipe_or_model, reference, num: int = 64, seed: int = 0, spl
     prompts = drift_prompts(num, split)
     sampling = (num_inference_steps, guidance_scale)
     with _eval_mode(model), _eval_mode(ref):
-        cond, _ = model.backbone.condition(prompts)
-        ref_cond, _ = ref.backbone.condition(prompts)
+        cond, mask = model.backbone.condition(prompts)
+        ref_cond, ref_mask = ref.backbone.condition(prompts)
         if cond.shape != ref_cond.shape:
             raise ValueError(f"the conditions differ in shape: {tuple(cond.shape)} vs {tuple(ref_cond.shape)}")
-        outputs = _generator_outputs(model, prompts, seed, SIGMAS)
-        ref_outputs = _generator_outputs(ref, prompts, seed, SIGMAS)
+        outputs = _generator_outputs(model, cond, mask, seed, SIGMAS)
+        ref_outputs = _generator_outputs(ref, ref_cond, ref_mask, seed, SIGMAS)
         samples = _samples(model, prompts, seed, *sampling)
         ref_samples = _samples(ref, prompts, seed, *sampling)
         other_seed = _samples(ref, prompts, seed + DRIFT_SEED_OFFSET, *sampling)
     return {
-        "condition": _relative(cond, ref_cond),
-        "generator_output": _relative(outputs.transpose(0, 1), ref_outputs.transpose(0, 1)),
-        "samples": _relative(samples, ref_samples),
-        "seed_spread": _relative(other_seed, ref_samples),
+        "condition": _mean_change(cond, ref_cond),
+        "generator_output": _mean_change(outputs.transpose(0, 1), ref_outputs.transpose(0, 1)),
+        "samples": _mean_change(samples, ref_samples),
+        "seed_spread": _mean_change(other_seed, ref_samples),
         "prompts": len(prompts),
     }
