@@ -268,3 +268,28 @@ def test_vqa_command_scores_the_split_it_is_given(tiny_dir):
         assert result["questions"] == count
     refused = runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--split", "train", "--json"])
     assert refused.exit_code == 2 and "--split must be heldout or eval" in refused.output
+
+
+def test_lookup_report_tells_a_failed_lookup_from_a_wrong_reading():
+    from openblip3o.data.shapes import Scene, ShapeObject
+    from openblip3o.evaluation.vqa import lookup_report
+
+    star = ShapeObject(shape="star", color="red", size="large", cx=16, cy=16, radius=8)
+    cross = ShapeObject(shape="cross", color="blue", size="large", cx=48, cy=48, radius=8)
+    pair, alone = Scene(objects=(star, cross), image_size=64), Scene(objects=(star,), image_size=64)
+    questions = ["what shape is the red object?"] * 3 + ["what color is the cross?", "what shape is the red object?"]
+    types = ["shape"] * 3 + ["color", "shape"]
+    scenes = [pair, pair, pair, pair, alone]  # the one-object scene needs no lookup and is left out
+    report = lookup_report(["star", "cross", "circle", "blue", "cross"], questions, types, scenes)
+    assert report == {"color": {"accuracy": 1.0, "other_object": 0.0, "questions": 1},
+                      "shape": {"accuracy": 1 / 3, "other_object": 1 / 3, "questions": 3}}
+    assert lookup_report(["two"], ["how many stars are there?"], ["count"], [pair]) == {}
+
+
+def test_vqa_heldout_command_reports_lookups_on_request(tiny_dir):
+    result = _json_line(runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--num", "12",
+                                            "--split", "eval", "--lookup", "--json"]))
+    assert set(result) == {"accuracy", "by_type", "questions", "lookup"}
+    for kind, value in result["lookup"].items():
+        assert kind in ("color", "shape") and 0 < value["questions"] <= result["questions"]
+        assert 0.0 <= value["accuracy"] + value["other_object"] <= 1.0

@@ -281,18 +281,24 @@ def vqa_heldout_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
     split: str = typer.Option("heldout", "--split", help="heldout (compositions never trained on) or eval (unseen "
                               "scenes of seen compositions: whether the model does its job at all)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions."),
+    lookup: bool = typer.Option(False, "--lookup", help="Also colour and shape questions whose answer another "
+                                "object would change: accuracy, and the share answered with the other object's."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions (and lookup: "
+                                 "{type: {accuracy, other_object, questions}})."),
 ):
     """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
     from ..evaluation.vqa import vqa_heldout
 
     _check_scenes(num, split)
-    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
+    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split, lookup=lookup)
     if as_json:
         typer.echo(json.dumps(result))
         return
     for kind, value in result["by_type"].items():
         typer.echo(f"{kind:<10} {value:.4f}")
+    for kind, value in result.get("lookup", {}).items():
+        typer.echo(f"{kind:<10} lookup {value['accuracy']:.4f}, the other object's answer {value['other_object']:.4f}"
+                   f" ({value['questions']} questions)")
     typer.echo(f"{'accuracy':<10} {result['accuracy']:.4f}   ({result['questions']} questions)")
 
 

@@ -25,13 +25,15 @@ def vqa_accuracy(predictions: list[str], answers: list[str], types: list[str] | 
     }
 
 
-def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64, split: str = "heldout") -> dict:
+def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64, split: str = "heldout",
+                lookup: bool = False) -> dict:
     """Answer every VQA pair of `num` ShapesWorld scenes of `split` ("heldout": compositions never trained on;
-    "eval": unseen scenes of seen compositions); exact-match accuracy by question type."""
+    "eval": unseen scenes of seen compositions); exact-match accuracy by question type. lookup: also the
+    `lookup_report` of the colour and shape questions (key "lookup")."""
     from ..data.shapes import ShapesWorld
 
     world = ShapesWorld(split, seed)
-    images, questions, answers, types = [], [], [], []
+    images, questions, answers, types, scenes = [], [], [], [], []
     for index in range(num):
         example = world[index]
         for qa in example.annotation["vqa"]:
@@ -39,7 +41,38 @@ def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64, split
             questions.append(qa["question"])
             answers.append(qa["answer"])
             types.append(qa["type"])
+            scenes.append(example.scene)
     predictions = []
     for first in range(0, len(questions), batch_size):
         predictions += pipe.answer(images[first : first + batch_size], questions[first : first + batch_size])
-    return vqa_accuracy(predictions, answers, types)
+    result = vqa_accuracy(predictions, answers, types)
+    if lookup:
+        result["lookup"] = lookup_report(predictions, questions, types, scenes)
+    return result
+
+
+LOOKUP_ATTRIBUTE = {"color": "color", "shape": "shape"}  # question type -> the attribute its answer names
+
+
+def lookup_report(predictions: list[str], questions: list[str], types: list[str], scenes: list) -> dict:
+    """Colour and shape questions about a scene where another object's answer would differ ("what shape is the red
+    object?" beside a blue star): the question can only be answered by finding the object it names.
+
+    Returns {type: {"accuracy", "other_object", "questions"}}: exact-match accuracy on those questions, and the share
+    answered with another object's colour or shape instead (the mark of a lookup that fails: the model read the
+    scene, not the object named). Types with no such question are left out."""
+    from ..data.shapes.question_targets import named_objects
+
+    hits: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for prediction, question, kind, scene in zip(predictions, questions, types, scenes):
+        attribute = LOOKUP_ATTRIBUTE.get(kind)
+        named = named_objects(question, scene) if attribute else []
+        if len(named) != 1:
+            continue
+        answer = getattr(scene.objects[named[0]], attribute)
+        others = {getattr(o, attribute) for i, o in enumerate(scene.objects) if i != named[0]} - {answer}
+        if others:
+            said = normalize_answer(prediction)
+            hits[kind].append((said == normalize_answer(answer), said in {normalize_answer(o) for o in others}))
+    return {kind: {"accuracy": sum(h for h, _ in rows) / len(rows), "other_object": sum(o for _, o in rows) / len(rows),
+                   "questions": len(rows)} for kind, rows in sorted(hits.items())}

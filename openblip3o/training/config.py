@@ -73,6 +73,13 @@ class UnderstandingMix:
     pointer_weight: float = 0.0
     pointer_layer: int = 3
     pointer_head: int = 0
+    # weight of word pointing (ShapesWorld; 0 = off): at the same positions, head `word_pointer_head` of layer
+    # `word_pointer_layer` is taught to attend to the question's colour and shape words, so the answer position holds
+    # what it must look up (training/stages/word_pointer.py). Why: it did not hold a shape question's colour, and no
+    # head could find "the red object"; put it a layer below `pointer_layer`
+    word_pointer_weight: float = 0.0
+    word_pointer_layer: int = 1
+    word_pointer_head: int = 1
     # weight of relation pointing (ShapesWorld; 0 = off): at the position that predicts a relation question's answer,
     # heads `relation_pointer_heads` of layer `relation_pointer_layer` are taught to attend to the first and the
     # second object the question names (the two lookups a comparison needs)

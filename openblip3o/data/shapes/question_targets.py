@@ -29,18 +29,26 @@ def named_objects(question: str, scene: Scene, phrase: str = "first") -> list[in
 
     phrase: "first" (before any relation word), or, for relation questions only ([] for any other),
     "relation_first" / "relation_second" (the phrase before / after the relation word)."""
-    if phrase not in PHRASES:
-        raise ValueError(f"phrase must be one of {PHRASES}, got {phrase!r}")
-    parts = RELATION_WORDS.split(question.lower(), maxsplit=1)  # [before, relation word, after] or [question]
-    if phrase != "first" and len(parts) == 1:
-        return []
-    words = re.findall(r"[a-z]+", parts[-1] if phrase == "relation_second" else parts[0])
+    words = named_words(question, phrase)
     colors = {w for w in words if w in COLORS}
     shapes = {_SHAPE_WORDS[w] for w in words if w in _SHAPE_WORDS}
     if not colors and not shapes:
         return []
     return [i for i, o in enumerate(scene.objects)
             if (not colors or o.color in colors) and (not shapes or o.shape in shapes)]
+
+
+def named_words(question: str, phrase: str = "first") -> list[str]:
+    """The colour and shape words (as written, e.g. "crosses") by which a noun phrase of the question names its
+    objects, in the order they come; [] when it names no attribute ("how many shapes are there?") or, for the
+    relation phrases, when it is no relation question."""
+    if phrase not in PHRASES:
+        raise ValueError(f"phrase must be one of {PHRASES}, got {phrase!r}")
+    parts = RELATION_WORDS.split(question.lower(), maxsplit=1)
+    if phrase != "first" and len(parts) == 1:
+        return []
+    words = re.findall(r"[a-z]+", parts[-1] if phrase == "relation_second" else parts[0])
+    return [w for w in words if w in COLORS or w in _SHAPE_WORDS]
 
 
 def question_token_mask(question: str, scene: Scene, grid_size: int, phrase: str = "first") -> np.ndarray:

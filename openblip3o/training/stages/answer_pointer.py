@@ -74,16 +74,22 @@ class AnswerPointer:
         weights, labels, ids = seen["weights"], seen["labels"], seen["input_ids"]
         masses = []
         for row, (predicting, row_targets) in enumerate(zip(answer_start_positions(labels), targets)):
-            image = torch.nonzero(ids[row] == self.image_token_id).squeeze(1)
-            for position, mask in zip(predicting, row_targets):
-                if not mask.any() or len(image) != mask.size:
-                    continue
-                named = image[torch.from_numpy(mask).to(image.device)]
-                masses.append(weights[row, self.head, position, named].sum())
+            for position, target in zip(predicting, row_targets):
+                named = self.named_positions(ids[row], position, target)
+                if named is not None:
+                    masses.append(weights[row, self.head, position, named].sum())
         if not masses:
             return weights.sum() * 0.0, {}
         mass = torch.stack(masses)
         return -(mass.clamp_min(MASS_FLOOR)).log().mean(), {self.log_key: mass.mean().item()}
+
+    def named_positions(self, ids: torch.Tensor, position: int, mask: np.ndarray) -> torch.Tensor | None:
+        """ids (L,) of one row; mask (G*G,) from `targets` -> the positions of the named objects' image tokens, or
+        None when the question names no object seen in the image."""
+        image = torch.nonzero(ids == self.image_token_id).squeeze(1)
+        if not mask.any() or len(image) != mask.size:
+            return None
+        return image[torch.from_numpy(mask).to(image.device)]
 
     def remove(self) -> None:
         for hook in self._hooks:

@@ -23,13 +23,14 @@ from .answer_pointer import AnswerPointer
 from .relation_labels import RelationLabelHeads
 from .relation_pair import RelationPairHead
 from .vision_labels import VisionLabelHeads, scenes_of
+from .word_pointer import WordPointer
 
 # Text rows draw their examples from a stream of their own; their per-row choices are seeded past the VQA rows'.
 TEXT_STREAM_OFFSET = STREAM_OFFSETS[TEXT]
 TRAINABLE = ("all", "vision")  # understanding.trainable
 # options that train (or hold) the language model, and so need trainable: all
-LANGUAGE_OPTIONS = ("condition_retention_weight", "relation_label_weight", "pointer_weight", "relation_pointer_weight",
-                    "relation_pair_weight")
+LANGUAGE_OPTIONS = ("condition_retention_weight", "relation_label_weight", "pointer_weight", "word_pointer_weight",
+                    "relation_pointer_weight", "relation_pair_weight")
 
 
 class UnderstandingTask(SourceState):
@@ -73,6 +74,10 @@ class UnderstandingTask(SourceState):
         if self.mix.pointer_weight > 0:
             self.pointer = AnswerPointer(model.backbone.model, self.mix.pointer_layer, self.mix.pointer_head,
                                          model.backbone.vision_grid)
+        self.word_pointer = None
+        if self.mix.word_pointer_weight > 0:
+            self.word_pointer = WordPointer(model.backbone.model, self.mix.word_pointer_layer,
+                                            self.mix.word_pointer_head, model.backbone.tokenizer)
         self.relation_pointers = []
         if self.mix.relation_pointer_weight > 0:
             phrases = ("relation_first", "relation_second")  # the first and the second object a question names
@@ -117,7 +122,8 @@ class UnderstandingTask(SourceState):
 
     def finish(self) -> None:
         """Drop the training-only heads' and the pointer's hooks from the backbone."""
-        hooked = [self.vision_labels, self.relation_labels, self.pointer, *self.relation_pointers, self.relation_pair]
+        hooked = [self.vision_labels, self.relation_labels, self.pointer, self.word_pointer, *self.relation_pointers,
+                  self.relation_pair]
         for heads in reversed(hooked):  # reversed: each pointer restores the attention implementation it found
             if heads is not None:
                 heads.remove()
@@ -150,6 +156,8 @@ class UnderstandingTask(SourceState):
         asked = [[q] + [f for f, _ in more] for (q, _), more in zip(pairs, follow_ups)]
         if self.pointer is not None:
             labels["pointer"] = self.pointer.targets(scenes_of(chosen, "understanding.pointer_weight"), asked)
+        if self.word_pointer is not None:
+            labels["word_pointer"] = self.word_pointer.targets(chosen, asked)
         for index, pointer in enumerate(self.relation_pointers):
             labels[f"relation_pointer_{index}"] = pointer.targets(
                 scenes_of(chosen, "understanding.relation_pointer_weight"), asked)
@@ -165,6 +173,7 @@ class UnderstandingTask(SourceState):
         loss, logs = ce, {"ce": ce.item()}
         dense_losses = (("vision", self.vision_labels, self.mix.vision_label_weight, "vision_labels"),
                         ("pointer", self.pointer, self.mix.pointer_weight, "pointer"),
+                        ("word_pointer", self.word_pointer, self.mix.word_pointer_weight, "word_pointer"),
                         ("relation", self.relation_labels, self.mix.relation_label_weight, "relation_labels"),
                         *((f"relation_pointer_{i}", pointer, self.mix.relation_pointer_weight, f"relation_pointer_{i}")
                           for i, pointer in enumerate(self.relation_pointers)),
