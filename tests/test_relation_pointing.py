@@ -85,7 +85,7 @@ def test_relation_pointers_and_pair_labels_train_the_language_model():
     batch = task.batch(0, 16)
     pairs = [t for row in batch[4]["relation_pair"] for t in row if t is not None]
     assert pairs and all(len(bits) == 4 and 0 <= asked < 4 and bits[asked] != UNKNOWN for bits, asked in pairs)
-    second = [m for row in batch[4]["relation_pointer_1"] for m in row if m.any()]
+    second = [m for row in batch[4]["relation_pointer_1"] for m in row if m is not None and m.any()]
     assert len(second) == len(pairs)  # the second lookup is asked of relation questions only
     first, logs = fit_one_batch(task, batch, "relation_pair", steps=30)
     assert logs["relation_pair"] < 0.5 * first and logs["relation_pair_acc"] >= 0.75

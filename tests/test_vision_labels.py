@@ -194,7 +194,7 @@ def test_answer_pointer_teaches_one_head_to_look_at_the_named_object():
     task = UnderstandingTask(model, seed=0, mix=UnderstandingMix(text_rows=0.0, turns=3, pointer_weight=1.0,
                                                                   pointer_layer=1))
     batch = task.batch(0, 8)
-    assert len(batch[4]["pointer"]) == 8 and any(m.any() for row in batch[4]["pointer"] for m in row)
+    assert len(batch[4]["pointer"]) == 8 and any(m is not None and m.any() for row in batch[4]["pointer"] for m in row)
     first, logs = fit_one_batch(task, batch, "pointer", steps=20)
     assert logs["pointer"] < 0.5 * first and 0.0 <= logs["pointer_mass"] <= 1.0
     task.finish()

@@ -62,3 +62,26 @@ def test_word_pointer_trains_its_head_and_needs_the_language_model():
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, trainable="vision", word_pointer_weight=1.0))
     with pytest.raises(ValueError, match="word_pointer_layer"):
         UnderstandingTask(model, mix=UnderstandingMix(text_rows=0.0, word_pointer_weight=1.0, word_pointer_layer=9))
+
+
+def test_a_pointer_taught_absent_objects_looks_at_the_image_start():
+    from openblip3o.data.shapes import Scene, ShapeObject
+    from openblip3o.training.stages.answer_pointer import AnswerPointer
+
+    torch.manual_seed(0)
+    qwen = BLIP3oPipeline.from_preset("mini", tiny_config()).model.backbone.model
+    star = ShapeObject(shape="star", color="red", size="large", cx=16, cy=16, radius=8)
+    scene = Scene(objects=(star,), image_size=64)
+    start, image, text = qwen.config.vision_start_token_id, qwen.config.image_token_id, 7
+    ids = torch.tensor([text, start] + [image] * 64 + [text] * 5)
+    questions = ["how many circles are there?", "how many stars are there?", "how many shapes are there?"]
+    for absent, expected_absent in ((False, None), (True, [1])):
+        pointer = AnswerPointer(qwen, layer=1, head=0, grid_size=8, absent_to_image_start=absent)
+        try:
+            circles, stars, shapes = pointer.targets([scene], [questions])[0]
+            found = pointer.named_positions(ids, len(ids) - 1, circles)
+            assert (found.tolist() if found is not None else None) == expected_absent  # no circle: the image start
+            assert len(pointer.named_positions(ids, len(ids) - 1, stars)) == stars.sum() > 0  # the star's tokens
+            assert shapes is None and pointer.named_positions(ids, len(ids) - 1, shapes) is None  # names nothing
+        finally:
+            pointer.remove()

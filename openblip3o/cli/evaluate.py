@@ -10,11 +10,14 @@ import typer
 from .errors import user_errors
 from .evaluate_drift import drift
 from .evaluate_failures import failures
+from .evaluate_questions import mirror, vqa_heldout_command
 from .loading import load_for_command
 
 app = typer.Typer(help="Score generated images and answers.", no_args_is_help=True)
 app.command()(failures)
 app.command()(drift)
+app.command("vqa-heldout")(vqa_heldout_command)
+app.command()(mirror)
 
 
 @app.command()
@@ -125,7 +128,7 @@ def _reconstruct_geneval(model, metadata, n_samples, steps, guidance, batch_size
                f"{summary['ground_truth']:.4f})")
 
 
-# --- benchmark generation and scoring: GenEval, DPG-Bench, WISE, held-out VQA --------------------------------------
+# --- benchmark generation and scoring: GenEval, DPG-Bench, WISE (held-out VQA: evaluate_questions.py) ----------------
 MODEL_OPT = typer.Option("mini", "--model", help="A folder written by save_pretrained, or 'mini' (the shipped default).")
 STEPS_OPT = typer.Option(None, "--steps", help="DiT sampling steps (default: the model's).")
 CFG_OPT = typer.Option(None, "--cfg", help="DiT classifier-free guidance (default: the model's).")
@@ -262,69 +265,6 @@ def wise_score(
     for name, value in summary["categories"].items():
         typer.echo(f"{name:<10} {value:.3f}")
     typer.echo(f"{'overall':<10} {summary['overall']:.3f}   ({summary['judged']} judged, {summary['unparsed']} unparsed)")
-
-
-def _check_scenes(num: int, split: str) -> None:
-    """The checks of the commands that ask questions about `num` ShapesWorld scenes of `split`."""
-    if num < 1:
-        raise ValueError("--num must be at least 1")
-    if split not in ("heldout", "eval"):
-        raise ValueError(f"--split must be heldout or eval, got {split!r}")
-
-
-@app.command("vqa-heldout")
-@user_errors
-def vqa_heldout_command(
-    model: str = MODEL_OPT,
-    num: int = typer.Option(500, "--num", help="Held-out scenes (each brings up to five questions)."),
-    seed: int = typer.Option(0, "--seed", help="Held-out world seed."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
-    split: str = typer.Option("heldout", "--split", help="heldout (compositions never trained on) or eval (unseen "
-                              "scenes of seen compositions: whether the model does its job at all)."),
-    lookup: bool = typer.Option(False, "--lookup", help="Also colour and shape questions whose answer another "
-                                "object would change: accuracy, and the share answered with the other object's."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions (and lookup: "
-                                 "{type: {accuracy, other_object, questions}})."),
-):
-    """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
-    from ..evaluation.vqa import vqa_heldout
-
-    _check_scenes(num, split)
-    result = vqa_heldout(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split, lookup=lookup)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for kind, value in result["by_type"].items():
-        typer.echo(f"{kind:<10} {value:.4f}")
-    for kind, value in result.get("lookup", {}).items():
-        typer.echo(f"{kind:<10} lookup {value['accuracy']:.4f}, the other object's answer {value['other_object']:.4f}"
-                   f" ({value['questions']} questions)")
-    typer.echo(f"{'accuracy':<10} {result['accuracy']:.4f}   ({result['questions']} questions)")
-
-
-@app.command()
-@user_errors
-def mirror(
-    model: str = MODEL_OPT,
-    num: int = typer.Option(200, "--num", help="Scenes whose relation questions are asked."),
-    seed: int = typer.Option(0, "--seed", help="World seed."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
-    split: str = typer.Option("heldout", "--split", help="heldout or eval."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, mirrored_accuracy, "
-                                 "answer_changed, yes_share, questions."),
-):
-    """Does the backbone read where objects lie? Relation questions asked of each image and of its mirror: a reader
-    of positions changes its answer, a word prior does not."""
-    from ..evaluation.relation_mirror import relation_mirror
-
-    _check_scenes(num, split)
-    result = relation_mirror(_pipeline(model), num=num, seed=seed, batch_size=batch_size, split=split)
-    if as_json:
-        typer.echo(json.dumps(result))
-        return
-    for key in ("accuracy", "mirrored_accuracy", "answer_changed", "yes_share"):
-        typer.echo(f"{key:<18} {result[key]:.4f}")
-    typer.echo(f"{'questions':<18} {result['questions']}")
 
 
 @app.command()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.shapes.question_targets import question_token_mask
+from ...data.shapes.question_targets import named_words, question_token_mask
 from ...models.template import IGNORE_INDEX
 
 MASS_FLOOR = 1e-6  # keeps -log finite when a head starts with no attention on the target
@@ -34,10 +34,13 @@ class AnswerPointer:
     """Hooks on the Qwen model that keep the labels, input ids and one layer's attention weights of a forward pass."""
 
     def __init__(self, qwen: nn.Module, layer: int, head: int, grid_size: int, phrase: str = "first",
-                 option: str = "pointer", log_key: str = "pointer_mass", head_option: str | None = None):
+                 option: str = "pointer", log_key: str = "pointer_mass", head_option: str | None = None,
+                 absent_to_image_start: bool = False):
         """phrase: which noun phrase the head looks for (`question_targets.PHRASES`); option: the config prefix that
         errors name (`head_option`, default option + "_head", for the head); log_key: the name of the attention mass
-        in the training log."""
+        in the training log; absent_to_image_start: when the question names objects the image lacks ("how many
+        stars?" with no star), the head is taught to attend to the image's start token instead (else the question
+        is left out), so what it reads says "none" rather than some other object."""
         layers = qwen.model.language_model.layers
         if not 1 <= layer <= len(layers):
             raise ValueError(f"understanding.{option}_layer must be in 1..{len(layers)}, got {layer}")
@@ -46,6 +49,7 @@ class AnswerPointer:
             raise ValueError(f"understanding.{head_option or option + '_head'} must be in 0..{heads - 1}, got {head}")
         self.qwen, self.head, self.grid_size, self.phrase, self.log_key = qwen, head, grid_size, phrase, log_key
         self.image_token_id = qwen.config.image_token_id
+        self.image_start_id = qwen.config.vision_start_token_id if absent_to_image_start else None
         self._implementation = qwen.config._attn_implementation
         qwen.set_attn_implementation("eager")  # the only one that returns attention weights
         self._seen: dict = {}
@@ -61,9 +65,10 @@ class AnswerPointer:
         self._seen["weights"] = output[1]  # (B, heads, L, L)
 
     def targets(self, scenes, questions_per_row: list[list[str]]) -> list[list[np.ndarray]]:
-        """Per row, per question in the order asked: the (G*G,) bool mask of the named objects' tokens."""
-        return [[question_token_mask(q, scene, self.grid_size, self.phrase) for q in questions]
-                for scene, questions in zip(scenes, questions_per_row)]
+        """Per row, per question in the order asked: the (G*G,) bool mask of the named objects' tokens (all False
+        when the image has none of them), or None when the question names no object."""
+        return [[question_token_mask(q, scene, self.grid_size, self.phrase) if named_words(q, self.phrase) else None
+                 for q in questions] for scene, questions in zip(scenes, questions_per_row)]
 
     def loss(self, targets: list[list[np.ndarray]]) -> tuple[torch.Tensor, dict[str, float]]:
         """-log attention mass on the named tokens, averaged over the answers whose question names an object seen
@@ -83,12 +88,17 @@ class AnswerPointer:
         mass = torch.stack(masses)
         return -(mass.clamp_min(MASS_FLOOR)).log().mean(), {self.log_key: mass.mean().item()}
 
-    def named_positions(self, ids: torch.Tensor, position: int, mask: np.ndarray) -> torch.Tensor | None:
-        """ids (L,) of one row; mask (G*G,) from `targets` -> the positions of the named objects' image tokens, or
-        None when the question names no object seen in the image."""
+    def named_positions(self, ids: torch.Tensor, position: int, mask: np.ndarray | None) -> torch.Tensor | None:
+        """ids (L,) of one row; mask (G*G,) from `targets` -> the positions of the named objects' image tokens (the
+        image's start token when it has none of them and `absent_to_image_start`), or None when nothing is to be
+        looked at."""
         image = torch.nonzero(ids == self.image_token_id).squeeze(1)
-        if not mask.any() or len(image) != mask.size:
+        if mask is None or len(image) != mask.size:
             return None
+        if not mask.any():
+            if self.image_start_id is None:
+                return None
+            return torch.nonzero(ids[:position] == self.image_start_id).squeeze(1)[-1:]
         return image[torch.from_numpy(mask).to(image.device)]
 
     def remove(self) -> None:

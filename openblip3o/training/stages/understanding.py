@@ -73,7 +73,8 @@ class UnderstandingTask(SourceState):
         self.pointer = None
         if self.mix.pointer_weight > 0:
             self.pointer = AnswerPointer(model.backbone.model, self.mix.pointer_layer, self.mix.pointer_head,
-                                         model.backbone.vision_grid)
+                                         model.backbone.vision_grid,
+                                         absent_to_image_start=self.mix.pointer_absent_to_image_start)
         self.word_pointer = None
         if self.mix.word_pointer_weight > 0:
             self.word_pointer = WordPointer(model.backbone.model, self.mix.word_pointer_layer,
@@ -157,7 +158,7 @@ class UnderstandingTask(SourceState):
         if self.pointer is not None:
             labels["pointer"] = self.pointer.targets(scenes_of(chosen, "understanding.pointer_weight"), asked)
         if self.word_pointer is not None:
-            labels["word_pointer"] = self.word_pointer.targets(chosen, asked)
+            labels["word_pointer"] = self.word_pointer.targets(None, asked)  # from the questions alone
         for index, pointer in enumerate(self.relation_pointers):
             labels[f"relation_pointer_{index}"] = pointer.targets(
                 scenes_of(chosen, "understanding.relation_pointer_weight"), asked)
