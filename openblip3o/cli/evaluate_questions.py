@@ -11,6 +11,7 @@ from .loading import load_for_command
 
 MODEL_OPT = typer.Option("mini", "--model",
                          help="A folder written by save_pretrained, or 'mini' (the shipped default).")
+BATCH_OPT = typer.Option(64, "--batch-size", help="Questions per batch.")
 
 
 def _check_scenes(num: int, split: str) -> None:
@@ -26,7 +27,7 @@ def vqa_heldout_command(
     model: str = MODEL_OPT,
     num: int = typer.Option(500, "--num", help="Held-out scenes (each brings up to five questions)."),
     seed: int = typer.Option(0, "--seed", help="Held-out world seed."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
+    batch_size: int = BATCH_OPT,
     split: str = typer.Option("heldout", "--split", help="heldout (compositions never trained on) or eval (unseen "
                               "scenes of seen compositions: whether the model does its job at all)."),
     lookup: bool = typer.Option(False, "--lookup", help="Also colour and shape questions whose answer another "
@@ -56,7 +57,7 @@ def mirror(
     model: str = MODEL_OPT,
     num: int = typer.Option(200, "--num", help="Scenes whose relation questions are asked."),
     seed: int = typer.Option(0, "--seed", help="World seed."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Questions per batch."),
+    batch_size: int = BATCH_OPT,
     split: str = typer.Option("heldout", "--split", help="heldout or eval."),
     as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, mirrored_accuracy, "
                                  "answer_changed, yes_share, questions."),
