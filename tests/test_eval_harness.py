@@ -286,10 +286,24 @@ def test_lookup_report_tells_a_failed_lookup_from_a_wrong_reading():
     assert lookup_report(["two"], ["how many stars are there?"], ["count"], [pair]) == {}
 
 
+def test_named_count_report_splits_counts_by_whether_the_shape_is_there():
+    from openblip3o.evaluation.vqa import named_count_report
+
+    questions = ["how many stars are there?", "how many stars are there?", "how many crosses are there?",
+                 "how many shapes are there?", "what color is the star?"]
+    answers, types = ["one", "zero", "zero", "two", "red"], ["count"] * 4 + ["color"]
+    # a model answering "zero" to everything: right on every absent shape, wrong on every present one
+    report = named_count_report(["zero", "zero", "0", "zero", "zero"], questions, answers, types)
+    assert report == {"absent": {"accuracy": 1.0, "questions": 2}, "present": {"accuracy": 0.0, "questions": 1}}
+    assert named_count_report(["two"], questions[3:4], answers[3:4], types[3:4]) == {}  # "how many shapes" is apart
+
+
 def test_vqa_heldout_command_reports_lookups_on_request(tiny_dir):
     result = _json_line(runner.invoke(app, ["eval", "vqa-heldout", "--model", str(tiny_dir), "--num", "12",
                                             "--split", "eval", "--lookup", "--json"]))
-    assert set(result) == {"accuracy", "by_type", "questions", "lookup"}
+    assert set(result) == {"accuracy", "by_type", "questions", "lookup", "named_count"}
     for kind, value in result["lookup"].items():
         assert kind in ("color", "shape") and 0 < value["questions"] <= result["questions"]
         assert 0.0 <= value["accuracy"] + value["other_object"] <= 1.0
+    sides = result["named_count"]
+    assert set(sides) <= {"present", "absent"} and sum(v["questions"] for v in sides.values()) == 12  # one per scene

@@ -30,6 +30,9 @@ VQA_SCENES, MIN_VQA = 30, 0.45
 # compositions: chance between the two shapes is 0.5 (the model shipped until session 10 scored 0.50 on the held-out
 # split); the shipped model (session 11) 29 / 29 here, the one before it 17 / 29
 LOOKUP_SCENES, MIN_SHAPE_LOOKUP = 80, 0.75
+# the same scenes' "how many <shape>s?" about a shape the scene holds (chance about 1/5; the model shipped in session
+# 11 answered "zero" to 10 / 40 such questions of 200 scenes) and about one it lacks (answer "zero")
+MIN_PRESENT_COUNT, MIN_ABSENT_COUNT = 0.75, 0.85
 # object-token shape probe of the vision tower (chance 1/6): the shipped patch-4 tower reads 0.71 / 0.58 here; a
 # patch-2 tower (measured 2026-12-04, not shipped: its generation stage drew 6/8 colour prompts right) 0.79 / 0.69
 MIN_TOWER_SHAPE = {"eval": 0.68, "heldout": 0.55}
@@ -71,10 +74,22 @@ def test_answers_held_out_questions(shipped):
     assert result["accuracy"] >= MIN_VQA, result
 
 
-def test_answers_about_the_object_the_question_names(shipped):
+@pytest.fixture(scope="module")
+def lookups(shipped):
+    return vqa_heldout(shipped, num=LOOKUP_SCENES, split="eval", lookup=True)
+
+
+def test_answers_about_the_object_the_question_names(lookups):
     """"what shape is the red object?" beside a blue star: the answer must come from the red object, not the scene."""
-    lookup = vqa_heldout(shipped, num=LOOKUP_SCENES, split="eval", lookup=True)["lookup"]["shape"]
+    lookup = lookups["lookup"]["shape"]
     assert lookup["questions"] >= 20 and lookup["accuracy"] >= MIN_SHAPE_LOOKUP, lookup
+
+
+def test_counts_the_shape_the_question_names(lookups):
+    """"how many circles are there?" beside one circle is "one", and "zero" only where there is none."""
+    present, absent = lookups["named_count"]["present"], lookups["named_count"]["absent"]
+    assert present["questions"] >= 10 and present["accuracy"] >= MIN_PRESENT_COUNT, present
+    assert absent["accuracy"] >= MIN_ABSENT_COUNT, absent
 
 
 def test_draws_single_objects_back_from_the_dit_target_space(shipped):

@@ -31,9 +31,11 @@ def vqa_heldout_command(
     split: str = typer.Option("heldout", "--split", help="heldout (compositions never trained on) or eval (unseen "
                               "scenes of seen compositions: whether the model does its job at all)."),
     lookup: bool = typer.Option(False, "--lookup", help="Also colour and shape questions whose answer another "
-                                "object would change: accuracy, and the share answered with the other object's."),
-    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions (and lookup: "
-                                 "{type: {accuracy, other_object, questions}})."),
+                                "object would change: accuracy, and the share answered with the other object's; and "
+                                "'how many <shape>s?' split by whether the scene holds the shape."),
+    as_json: bool = typer.Option(False, "--json", help="Print one object: accuracy, by_type, questions (and with "
+                                 "--lookup: lookup {type: {accuracy, other_object, questions}}, named_count {present, "
+                                 "absent: {accuracy, questions}})."),
 ):
     """Mini VQA accuracy on held-out ShapesWorld scenes, by question type."""
     from ..evaluation.vqa import vqa_heldout
@@ -49,6 +51,8 @@ def vqa_heldout_command(
     for kind, value in result.get("lookup", {}).items():
         typer.echo(f"{kind:<10} lookup {value['accuracy']:.4f}, the other object's answer {value['other_object']:.4f}"
                    f" ({value['questions']} questions)")
+    for side, value in result.get("named_count", {}).items():
+        typer.echo(f"{'count':<10} of a shape {side:<7} {value['accuracy']:.4f} ({value['questions']} questions)")
     typer.echo(f"{'accuracy':<10} {result['accuracy']:.4f}   ({result['questions']} questions)")
 
 

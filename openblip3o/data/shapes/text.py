@@ -20,6 +20,7 @@ _PLACE_PHRASES = {
 # The captioning request of understanding training (its answer is the long caption), in words already in the
 # vocabulary so that adding it changed no token id.
 CAPTION_QUESTION = "what is in the photo?"
+TOTAL_COUNT_QUESTION = "how many shapes are there?"
 # Questions about relations are asked only where the answer is clear by a wide margin.
 CLEAR_RELATION = 0.65
 
@@ -71,9 +72,8 @@ def vqa_pairs(scene: Scene, rng: random.Random) -> list[dict]:
         shape = rng.choice(unique_shapes)
         color = next(o.color for o in objects if o.shape == shape)
         pairs.append({"type": "color", "question": f"what color is the {shape}?", "answer": color})
-    shape = rng.choice(SHAPES)
-    pairs.append({"type": "count", "question": f"how many {plural(shape)} are there?", "answer": COUNT_WORDS[by_shape[shape]]})
-    pairs.append({"type": "count", "question": "how many shapes are there?", "answer": COUNT_WORDS[len(objects)]})
+    pairs.append(named_count_pair(scene, rng.choice(SHAPES)))
+    pairs.append({"type": "count", "question": TOTAL_COUNT_QUESTION, "answer": COUNT_WORDS[len(objects)]})
     unique_colors = [c for c in COLORS if by_color[c] == 1]
     if unique_colors:
         color = rng.choice(unique_colors)
@@ -83,6 +83,17 @@ def vqa_pairs(scene: Scene, rng: random.Random) -> list[dict]:
     if relation:
         pairs.append(relation)
     return pairs
+
+
+def named_count_pair(scene: Scene, shape: str) -> dict:
+    """"how many <shape>s are there?" with its exact answer."""
+    count = sum(o.shape == shape for o in scene.objects)
+    return {"type": "count", "question": f"how many {plural(shape)} are there?", "answer": COUNT_WORDS[count]}
+
+
+def is_named_count(pair: dict) -> bool:
+    """Whether a VQA pair counts one shape (not all of them)."""
+    return pair["type"] == "count" and pair["question"] != TOTAL_COUNT_QUESTION
 
 
 def _relation_question(scene: Scene, rng: random.Random) -> dict | None:

@@ -18,8 +18,9 @@ from ...data.sources import MAIN, STREAM_OFFSETS, TEXT, DataSource, ShapesSource
 from ...models.backbone import Backbone
 from ...models.unified import BLIP3oModel
 from ..config import UnderstandingMix
-from .data import SourceState, choice_rng, pick_caption, pick_follow_ups, pick_question
+from .data import COUNT_STREAM, SourceState, choice_rng, count_questions, pick_caption, pick_follow_ups, pick_question
 from .answer_pointer import AnswerPointer
+from .gray_copies import GrayCopies
 from .relation_labels import RelationLabelHeads
 from .relation_pair import RelationPairHead
 from .vision_labels import VisionLabelHeads, scenes_of
@@ -66,6 +67,12 @@ class UnderstandingTask(SourceState):
                                                   backbone.model.config.vision_config.out_hidden_size,
                                                   backbone.vision_grid, self.mix.vision_label_balanced,
                                                   self.mix.vision_label_position)
+        self.gray = None
+        if self.mix.gray_rows > 0:
+            if self.vision_labels is None:
+                raise ConfigError("understanding.gray_rows trains the vision labels' heads on gray copies: set "
+                                  "vision_label_weight > 0 too")
+            self.gray = GrayCopies(model.backbone, self.vision_labels, self.mix.gray_rows)
         self.relation_labels = None
         if self.mix.relation_label_weight > 0:
             self.relation_labels = RelationLabelHeads(model.backbone.model, self.mix.relation_label_layer,
@@ -140,8 +147,11 @@ class UnderstandingTask(SourceState):
     def batch(self, start: int, size: int):
         chosen = self.source.examples(start, size, MAIN)
         rngs = [choice_rng(self.seed, start + i) for i in range(len(chosen))]
-        pairs = [pick_question(e, rng, self.mix.caption_rate) for e, rng in zip(chosen, rngs)]
-        follow_ups = [pick_follow_ups(e, rng, pair, self.mix.turns) for e, rng, pair in zip(chosen, rngs, pairs)]
+        vqa = [count_questions(e, choice_rng(self.seed, start + i, COUNT_STREAM), self.mix.count_present_rate)
+               for i, e in enumerate(chosen)]
+        pairs = [pick_question(e, rng, self.mix.caption_rate, qa) for e, rng, qa in zip(chosen, rngs, vqa)]
+        follow_ups = [pick_follow_ups(e, rng, pair, self.mix.turns, qa)
+                      for e, rng, pair, qa in zip(chosen, rngs, pairs, vqa)]
         count = max(self.text_count(size), self.retention_count(size))
         text_first = start * count // max(size, 1)
         texts = [
@@ -152,6 +162,8 @@ class UnderstandingTask(SourceState):
         labels = {}
         if self.vision_labels is not None:
             labels["vision"] = self.vision_labels.labels(scenes_of(chosen, "understanding.vision_label_weight"))
+        if self.gray is not None:
+            labels["gray"] = self.gray.batch(chosen, scenes_of(chosen, "understanding.gray_rows"))
         if self.relation_labels is not None:
             labels["relation"] = self.relation_labels.labels(scenes_of(chosen, "understanding.relation_label_weight"))
         asked = [[q] + [f for f, _ in more] for (q, _), more in zip(pairs, follow_ups)]
@@ -183,6 +195,9 @@ class UnderstandingTask(SourceState):
             if labels is not None and key in labels:
                 dense, extra = source.loss(labels[key])
                 loss, logs = loss + weight * dense, logs | {name: dense.item()} | extra
+        if labels is not None and "gray" in labels:  # after the vision labels: their hook then keeps the gray tokens
+            dense, extra = self.gray.loss(*labels["gray"])
+            loss, logs = loss + self.mix.vision_label_weight * dense, logs | {"gray_labels": dense.item()} | extra
         text_rows = texts[:self.text_count(len(images))]
         if text_rows:
             text = self.model.backbone.language_loss(text_rows)

@@ -57,9 +57,10 @@ class TokenLabelHeads(nn.Module):
         return {kind: torch.from_numpy(np.stack([p[kind] for p in per_scene])) for kind in self.heads}
 
     def token_loss(self, tokens: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """tokens (B * G * G, D) or (B, G * G, D), row-major per image -> mean cross-entropy over kinds, and
-        per-kind accuracy over all tokens (`{kind}_token_acc`) and over object tokens only (`{kind}_object_acc`:
-        the figure that says whether the tokens name the shape; background tokens are right almost for free)."""
+        """tokens (B * G * G, D) or (B, G * G, D), row-major per image -> mean cross-entropy over the kinds `labels`
+        holds, and per-kind accuracy over all tokens (`{kind}_token_acc`) and over object tokens only
+        (`{kind}_object_acc`: the figure that says whether the tokens name the shape; background tokens are right
+        almost for free)."""
         tokens = tokens.reshape(-1, tokens.shape[-1])
         batch = next(iter(labels.values())).shape[0]
         expected = batch * self.grid_size**2
@@ -68,6 +69,8 @@ class TokenLabelHeads(nn.Module):
                                f"({batch} images of {self.grid_size}x{self.grid_size})")
         losses, logs = [], {}
         for kind, head in self.heads.items():
+            if kind not in labels:  # e.g. the colour of a gray copy
+                continue
             target = labels[kind].reshape(-1).to(tokens.device)
             logits = head(tokens.float())
             per_token = F.cross_entropy(logits, target, reduction="none")
