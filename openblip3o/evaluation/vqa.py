@@ -26,7 +26,7 @@ def vqa_accuracy(predictions: list[str], answers: list[str], types: list[str] | 
 
 
 def vqa_heldout(pipe, num: int = 500, seed: int = 0, batch_size: int = 64, split: str = "heldout",
-                            lookup: bool = False) -> dict:
+                lookup: bool = False) -> dict:
     """Answer every VQA pair of `num` ShapesWorld scenes of `split` ("heldout": compositions never trained on;
     "eval": unseen scenes of seen compositions); exact-match accuracy by question type. lookup: also the
     `lookup_report` of the colour and shape questions (key "lookup") and the `named_count_report` (key
